@@ -1,0 +1,43 @@
+# Set-up and everyday commands. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup serve test lint demo default-model clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch/torchvision first, pinned, so that no other package pulls a different build.
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e ".[serve,export,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Until the service lands, the first command runs the training side's demo on the default model.
+serve: demo
+
+demo: $(STAMP)
+	$(BIN)/python -m model_export synth --out runs/demo-data --count 50 --seed 12345
+	$(BIN)/python -m model_export evaluate --data runs/demo-data --checkpoint models/default/model.pt --json runs/demo-eval.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+# Reproduces models/default/model.pt (about 80 minutes on 2 CPU cores); see models/default/README.md.
+default-model: $(STAMP)
+	$(BIN)/python -m model_export synth --out data/train --count 5000 --seed 1
+	$(BIN)/python -m model_export synth --out data/val --count 300 --seed 2
+	$(BIN)/python -m model_export train --data data/train --val data/val --out models/default/model.pt --epochs 8 --seed 0
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

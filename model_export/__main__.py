@@ -1,0 +1,186 @@
+"""Command line of the training side: ``python -m model_export {synth,train,evaluate,...}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from model_export.architectures import ARCHITECTURES, COMPACT_ARCH
+
+
+def parse_canvas(text: str) -> tuple[int, int]:
+    """``HxW`` (or one number for a square) -> (H, W)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"canvas should be HxW, like 320x320, got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 32:
+        raise argparse.ArgumentTypeError(f"canvas should be HxW with both sides at least 32, got {text!r}")
+    return values[0], values[1]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"should be at least 1, got {value}")
+    return value
+
+
+def _add_synth(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("synth", help="generate a synthetic COCO data set of shapes")
+    parser.add_argument("--out", type=Path, required=True, help="directory to write annotations.json and images/ into")
+    parser.add_argument("--count", type=_positive, default=100, help="number of images (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
+    parser.add_argument("--size-scale", type=float, default=1.0, help="scale of the image sizes (default 1.0, about 320 px)")
+    parser.set_defaults(run=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> None:
+    from model_export.synth import SynthConfig, write_dataset
+
+    path = write_dataset(args.out, SynthConfig(count=args.count, seed=args.seed, size_scale=args.size_scale))
+    print(f"wrote {path}")
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("train", help="train a Faster R-CNN on a COCO-format data set")
+    parser.add_argument("--data", type=Path, required=True, help="training data set directory (annotations.json + images)")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=COMPACT_ARCH, help=f"architecture (default {COMPACT_ARCH})")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write after every epoch")
+    parser.add_argument("--val", type=Path, help="validation data set: COCO mAP after every epoch")
+    parser.add_argument("--epochs", type=_positive, default=12)
+    parser.add_argument("--batch-size", type=_positive, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    parser.add_argument("--canvas", type=parse_canvas, default=None, help="canvas HxW the model sees (default 320x320)")
+    parser.add_argument("--resume", type=Path, help="checkpoint to go on from (its .train-state.pt restores the optimizer)")
+    parser.add_argument("--init", type=Path, help="checkpoint or torchvision state_dict to start from (fine-tuning)")
+    parser.add_argument("--categories", type=Path, help="class names of a plain state_dict given with --init")
+    parser.add_argument("--weights", help="torchvision pretrained weights to start from, e.g. COCO_V1 (downloads them)")
+    parser.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-iters", type=_positive, help="stop after this many iterations (smoke tests)")
+    parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from model_export.checkpoint import CheckpointError
+    from model_export.coco import load_dataset
+    from model_export.train import TrainConfig, plot_losses, train
+
+    dataset = load_dataset(args.data)
+    val = load_dataset(args.val) if args.val else None
+    loaded = _initial_model(args, dataset.categories)
+    if loaded.categories != dataset.categories:
+        raise CheckpointError(
+            f"the model's {len(loaded.categories)} classes {loaded.categories[1:]} do not match the data set's "
+            f"{len(dataset.categories)} classes {dataset.categories[1:]} ({dataset.annotations_path})"
+        )
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        workers=args.workers,
+        seed=args.seed,
+        max_iters=args.max_iters,
+        augment=not args.no_augment,
+    )
+    on_epoch_end = _validator(val) if val else None
+    started = time.monotonic()
+    history = train(loaded, dataset, args.out, config, resume_from=args.resume, on_epoch_end=on_epoch_end)
+    plot_path = args.out.with_suffix(".loss.png")
+    plot_losses(history, plot_path)
+    print(f"wrote {args.out} and {plot_path} in {time.monotonic() - started:.0f} s")
+
+
+def _initial_model(args: argparse.Namespace, data_categories: list[str]):  # type: ignore[no-untyped-def]
+    from model_export.architectures import build_model
+    from model_export.checkpoint import DEFAULT_CANVAS, LoadedModel, load_checkpoint, load_pretrained, read_categories
+
+    start = args.resume or args.init
+    if start is not None:
+        categories = read_categories(args.categories) if args.categories else None
+        return load_checkpoint(start, arch=args.arch if categories else None, categories=categories, canvas=args.canvas)
+    canvas = args.canvas or DEFAULT_CANVAS
+    if args.weights:
+        return load_pretrained(args.arch, args.weights, data_categories, canvas)
+    return LoadedModel(build_model(args.arch, len(data_categories), canvas), args.arch, data_categories, canvas)
+
+
+def _validator(val):  # type: ignore[no-untyped-def]
+    from model_export.evaluate import eager_predictor, evaluate
+
+    def validate(epoch: int, loaded) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        report = evaluate(eager_predictor(loaded.model), val, loaded.canvas)
+        print(f"epoch {epoch + 1}: val mAP@[.5:.95] {report.map:.4f}  mAP@.5 {report.map50:.4f}", flush=True)
+        return {"val_map": round(report.map, 4), "val_map50": round(report.map50, 4)}
+
+    return validate
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("evaluate", help="COCO mAP of a checkpoint (or an exported package) on a data set")
+    parser.add_argument("--data", type=Path, required=True, help="data set directory (annotations.json + images)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate with torchvision (eager)")
+    source.add_argument("--package", type=Path, help="model package to evaluate with ONNX Runtime")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture of a plain state_dict")
+    parser.add_argument("--categories", type=Path, help="class names of a plain state_dict")
+    parser.add_argument("--canvas", type=parse_canvas, help="canvas HxW (default: the checkpoint's)")
+    parser.add_argument("--json", type=Path, help="write map, map50 and per_class here")
+    parser.add_argument("--plot", type=Path, help="write the precision-recall plot here (default: beside --json)")
+    parser.add_argument("--batch-size", type=_positive, default=8)
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from model_export.coco import load_dataset
+    from model_export.evaluate import eager_predictor, evaluate, format_table, write_report
+
+    dataset = load_dataset(args.data)
+    if args.package is not None:
+        raise SystemExit("error: --package evaluation needs the exporter (not built yet)")
+    from model_export.checkpoint import load_checkpoint, read_categories
+
+    categories = read_categories(args.categories) if args.categories else None
+    loaded = load_checkpoint(args.checkpoint, arch=args.arch, categories=categories, canvas=args.canvas)
+    if loaded.categories[1:] != dataset.categories[1:]:
+        print(f"warning: the model's classes {loaded.categories[1:]} differ from the data set's {dataset.categories[1:]}", file=sys.stderr)
+    report = evaluate(eager_predictor(loaded.model), dataset, loaded.canvas, args.batch_size)
+    print(format_table(report))
+    plot = args.plot or (args.json.with_suffix(".pr.png") if args.json else None)
+    write_report(report, args.json, plot)
+    if args.json:
+        print(json.dumps(report.to_json()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m model_export", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_synth(commands)
+    _add_train(commands)
+    _add_evaluate(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from model_export.checkpoint import CheckpointError
+    from model_export.coco import DatasetError
+
+    try:
+        args.run(args)
+    except (DatasetError, CheckpointError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""COCO evaluation with pycocotools: mAP@[.5:.95], mAP@.5, per-class AP, a precision-recall plot."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from model_export.coco import CocoDataset, ImageRecord, open_image
+from model_export.letterbox import letterbox
+
+
+@dataclass(frozen=True)
+class Detections:
+    """One image's detections. boxes (ndarray[N, 4]): x1, y1, x2, y2 in canvas pixels."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+# Runs a model on canvases (ndarray[B, H, W, 3] uint8 RGB) and returns each one's detections.
+BatchPredictor = Callable[[np.ndarray], list[Detections]]
+
+
+@dataclass
+class EvalReport:
+    map: float
+    map50: float
+    per_class: dict[str, float]
+    images: int
+    detections: int
+    # pycocotools' precision array [IoU thresholds, recall points, classes, areas, max dets].
+    precision: np.ndarray = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"map": self.map, "map50": self.map50, "per_class": self.per_class, "images": self.images, "detections": self.detections}
+
+
+def _batches(records: Sequence[ImageRecord], size: int) -> Iterator[Sequence[ImageRecord]]:
+    for start in range(0, len(records), size):
+        yield records[start : start + size]
+
+
+def predict_dataset(predict: BatchPredictor, dataset: CocoDataset, canvas: tuple[int, int], batch_size: int = 8) -> list[dict[str, Any]]:
+    """Runs ``predict`` over the data set; returns COCO result dicts with boxes in image pixels."""
+    results: list[dict[str, Any]] = []
+    progress = tqdm(total=len(dataset.images), desc="evaluate", unit="img", leave=False)
+    for records in _batches(dataset.images, batch_size):
+        placed = [letterbox(open_image(record), canvas) for record in records]
+        outputs = predict(np.stack([array for array, _ in placed]))
+        for record, (_, where), detections in zip(records, placed, outputs):
+            boxes = where.boxes_to_image(detections.boxes.astype(np.float64))
+            for box, score, label in zip(boxes, detections.scores, detections.labels):
+                results.append(
+                    {
+                        "image_id": record.image_id,
+                        "category_id": dataset.category_ids[int(label)],
+                        "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+                        "score": float(score),
+                    }
+                )
+        progress.update(len(records))
+    progress.close()
+    return results
+
+
+def coco_metrics(dataset: CocoDataset, results: list[dict[str, Any]]) -> EvalReport:
+    """Scores COCO-format results against the data set's annotations."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(dataset.annotations_path))
+        names = dataset.categories[1:]
+        if not results:
+            precision = np.zeros((10, 101, len(names), 4, 3))
+            return EvalReport(0.0, 0.0, dict.fromkeys(names, 0.0), len(dataset.images), 0, precision)
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), "bbox")
+        evaluation.params.catIds = dataset.category_ids[1:]
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    precision = evaluation.eval["precision"]
+    per_class = {name: _mean_valid(precision[:, :, k, 0, -1]) for k, name in enumerate(names)}
+    return EvalReport(float(evaluation.stats[0]), float(evaluation.stats[1]), per_class, len(dataset.images), len(results), precision)
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    # pycocotools marks classes absent from the ground truth with -1.
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else math.nan
+
+
+def format_table(report: EvalReport) -> str:
+    lines = [f"{'class':<20}{'AP':>8}", "-" * 28]
+    lines += [f"{name:<20}{ap:>8.3f}" for name, ap in report.per_class.items()]
+    lines += ["-" * 28, f"{'mAP@[.5:.95]':<20}{report.map:>8.3f}", f"{'mAP@.5':<20}{report.map50:>8.3f}"]
+    lines.append(f"({report.images} images, {report.detections} detections)")
+    return "\n".join(lines)
+
+
+def plot_precision_recall(report: EvalReport, path: Path) -> None:
+    """One precision-recall curve per class at IoU 0.5 (all areas, 100 detections)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recall = np.linspace(0, 1, report.precision.shape[1])
+    figure, axis = plt.subplots(figsize=(7, 5))
+    for k, name in enumerate(report.per_class):
+        precision = report.precision[0, :, k, 0, -1]
+        if (precision > -1).any():
+            axis.plot(recall, np.clip(precision, 0, 1), label=f"{name} (AP50 {_mean_valid(precision):.2f})")
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_title(f"Precision-recall at IoU 0.5; mAP@[.5:.95] {report.map:.3f}, mAP@.5 {report.map50:.3f}")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.grid(True, alpha=0.3)
+    axis.legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(report: EvalReport, json_path: Path | None, plot_path: Path | None) -> None:
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report.to_json(), indent=2))
+    if plot_path is not None:
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        plot_precision_recall(report, plot_path)
+
+
+def eager_predictor(model: Any) -> BatchPredictor:
+    """Runs a torchvision detection model in eval mode on canvases."""
+    import torch
+
+    model.eval()
+
+    def predict(canvases: np.ndarray) -> list[Detections]:
+        images = [torch.from_numpy(c).permute(2, 0, 1).float().div(255) for c in canvases]
+        with torch.inference_mode():
+            outputs = model(images)
+        return [Detections(o["boxes"].numpy(), o["scores"].numpy(), o["labels"].numpy()) for o in outputs]
+
+    return predict
+
+
+def evaluate(predict: BatchPredictor, dataset: CocoDataset, canvas: tuple[int, int], batch_size: int = 8) -> EvalReport:
+    return coco_metrics(dataset, predict_dataset(predict, dataset, canvas, batch_size))

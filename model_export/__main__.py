@@ -145,19 +145,80 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     dataset = load_dataset(args.data)
     if args.package is not None:
-        raise SystemExit("error: --package evaluation needs the exporter (not built yet)")
-    from model_export.checkpoint import load_checkpoint, read_categories
+        from model_export.package import OnnxPredictor
 
-    categories = read_categories(args.categories) if args.categories else None
-    loaded = load_checkpoint(args.checkpoint, arch=args.arch, categories=categories, canvas=args.canvas)
-    if loaded.categories[1:] != dataset.categories[1:]:
-        print(f"warning: the model's classes {loaded.categories[1:]} differ from the data set's {dataset.categories[1:]}", file=sys.stderr)
-    report = evaluate(eager_predictor(loaded.model), dataset, loaded.canvas, args.batch_size)
+        predictor = OnnxPredictor(args.package)
+        categories, canvas = predictor.manifest["categories"], tuple(predictor.manifest["canvas"])
+        report = evaluate(predictor, dataset, canvas, args.batch_size, categories)
+    else:
+        from model_export.checkpoint import load_checkpoint, read_categories
+
+        given = read_categories(args.categories) if args.categories else None
+        loaded = load_checkpoint(args.checkpoint, arch=args.arch, categories=given, canvas=args.canvas)
+        report = evaluate(eager_predictor(loaded.model), dataset, loaded.canvas, args.batch_size, loaded.categories)
     print(format_table(report))
     plot = args.plot or (args.json.with_suffix(".pr.png") if args.json else None)
     write_report(report, args.json, plot)
     if args.json:
         print(json.dumps(report.to_json()))
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("export", help="export a checkpoint to a model package (ONNX graph + manifest), verified")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="project checkpoint or torchvision state_dict")
+    parser.add_argument("--out", type=Path, required=True, help="package directory to write (replaced whole on success)")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture of a plain state_dict")
+    parser.add_argument("--categories", type=Path, help="class names of a plain state_dict (JSON list or one per line)")
+    parser.add_argument("--canvas", type=parse_canvas, help="canvas HxW (default: the checkpoint's, else 320x320)")
+    parser.add_argument("--max-batch", type=int, default=16, help="largest batch the graph accepts (default 16)")
+    parser.add_argument("--max-detections", type=int, default=100, help="K, detections per image (default 100)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="the service's default score threshold (default 0.5)")
+    parser.add_argument("--iou-threshold", type=float, help="the service's default NMS IoU threshold (default: the model's)")
+    parser.add_argument("--name", default="default", help="model name (default 'default')")
+    parser.add_argument("--version", default="1", help="model version (default '1')")
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from model_export.checkpoint import load_checkpoint, read_categories
+    from model_export.export import ExportConfig, export_package
+
+    config = ExportConfig(
+        name=args.name,
+        version=args.version,
+        max_batch=args.max_batch,
+        max_detections=args.max_detections,
+        opset=args.opset,
+        score_threshold=args.score_threshold,
+        iou_threshold=args.iou_threshold,
+    )
+    categories = read_categories(args.categories) if args.categories else None
+    loaded = load_checkpoint(args.checkpoint, arch=args.arch, categories=categories, canvas=args.canvas)
+    print(f"exporting {loaded.arch} on a {loaded.canvas[0]}x{loaded.canvas[1]} canvas, batch 1..{config.max_batch}", flush=True)
+    manifest = export_package(loaded, args.out, config)
+    parity = manifest["parity"]
+    print(
+        f"wrote {args.out}: parity {parity['matched']}/{parity['compared']} detections matched, "
+        f"max box delta {parity['max_box_delta_px']:.2e} px, max score delta {parity['max_score_delta']:.2e}"
+    )
+
+
+def _add_build_engine(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("build-engine", help="build a TensorRT engine for this GPU into a package")
+    parser.add_argument("--package", type=Path, required=True, help="model package directory")
+    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
+    parser.add_argument("--batch", default="1:8:16", help="optimization profile MIN:OPT:MAX over the batch (default 1:8:16)")
+    parser.add_argument("--workspace-mb", type=int, default=2048)
+    parser.set_defaults(run=_run_build_engine)
+
+
+def _run_build_engine(args: argparse.Namespace) -> None:
+    from model_export.engine import EngineConfig, build_engine, parse_profile
+
+    low, opt, high = parse_profile(args.batch)
+    path = build_engine(args.package, EngineConfig(low, opt, high, args.fp16, args.workspace_mb))
+    print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(commands)
     _add_train(commands)
     _add_evaluate(commands)
+    _add_export(commands)
+    _add_build_engine(commands)
     return parser
 
 
@@ -173,10 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from model_export.checkpoint import CheckpointError
     from model_export.coco import DatasetError
+    from model_export.engine import EngineBuildError
+    from model_export.export import ExportError
 
     try:
         args.run(args)
-    except (DatasetError, CheckpointError, FloatingPointError) as error:
+    except (DatasetError, CheckpointError, ExportError, EngineBuildError, FileNotFoundError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

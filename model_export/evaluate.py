@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from model_export.coco import CocoDataset, ImageRecord, open_image
+from model_export.coco import CocoDataset, DatasetError, ImageRecord, open_image
 from model_export.letterbox import letterbox
 
 
@@ -156,5 +156,12 @@ def eager_predictor(model: Any) -> BatchPredictor:
     return predict
 
 
-def evaluate(predict: BatchPredictor, dataset: CocoDataset, canvas: tuple[int, int], batch_size: int = 8) -> EvalReport:
+def evaluate(
+    predict: BatchPredictor, dataset: CocoDataset, canvas: tuple[int, int], batch_size: int = 8, model_categories: list[str] | None = None
+) -> EvalReport:
+    """COCO metrics of a model on a data set. The model's class names must be the data set's, in order."""
+    if model_categories is not None and model_categories[1:] != dataset.categories[1:]:
+        raise DatasetError(
+            f"{dataset.annotations_path}: the model's classes {model_categories[1:]} differ from the data set's {dataset.categories[1:]}"
+        )
     return coco_metrics(dataset, predict_dataset(predict, dataset, canvas, batch_size))

@@ -1,0 +1,216 @@
+"""Export: load checkpoint -> wrap for export -> export to ONNX -> verify parity -> write the package.
+
+The package directory is written whole or not at all: everything is staged in
+a sibling directory that replaces the target only after the parity check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torchvision.models.detection import FasterRCNN
+
+from model_export.checkpoint import LoadedModel
+from model_export.evaluate import Detections, eager_predictor
+from model_export.export_graph import BatchedFasterRCNN
+from model_export.letterbox import PAD_VALUE, letterbox
+from model_export.onnx_ops import translation_table
+from model_export.package import MANIFEST_FILE, ONNX_FILE, OnnxPredictor, io_spec, sha256_of
+from model_export.parity import ParityReport, compare_detections
+from model_export.synth import generate_image
+from model_export.tensorrt_ops import check_graph
+
+
+class ExportError(RuntimeError):
+    """The export cannot go on; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    name: str = "default"
+    version: str = "1"
+    max_batch: int = 16
+    max_detections: int = 100
+    opset: int = 18
+    score_threshold: float = 0.5  # the service's default; the graph takes it at run time
+    iou_threshold: float | None = None  # None: the model's own (torchvision's box_nms_thresh)
+    # Parity check: images and batch sizes run through both models.
+    parity_images: int = 8
+    parity_batches: tuple[int, ...] = (1, 2, 5)
+    parity_score_threshold: float = 0.05
+    parity_min_matched: float = 0.99
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ExportError(f"max_batch should be at least 1, got {self.max_batch}")
+        if self.max_detections < 1:
+            raise ExportError(f"max_detections should be at least 1, got {self.max_detections}")
+        if not 0 <= self.score_threshold <= 1:
+            raise ExportError(f"score_threshold should be within 0..1, got {self.score_threshold}")
+        if self.iou_threshold is not None and not 0 <= self.iou_threshold <= 1:
+            raise ExportError(f"iou_threshold should be within 0..1, got {self.iou_threshold}")
+
+
+def check_canvas(model: FasterRCNN, canvas: tuple[int, int]) -> None:
+    """The canvas must need no padding: torchvision pads each side to a multiple of ``size_divisible``."""
+    divisor = int(model.transform.size_divisible)
+    if canvas[0] % divisor or canvas[1] % divisor:
+        raise ExportError(f"canvas {canvas[0]}x{canvas[1]} is not divisible by {divisor}, as this backbone requires; try {_round_up(canvas, divisor)}")
+
+
+def _round_up(canvas: tuple[int, int], divisor: int) -> str:
+    return "x".join(str(-(-side // divisor) * divisor) for side in canvas)
+
+
+def export_onnx(wrapper: BatchedFasterRCNN, path: Path, config: ExportConfig) -> None:
+    canvas = wrapper.constants.canvas
+    batch = torch.export.Dim("batch", min=1, max=config.max_batch)
+    example = (torch.full((min(2, config.max_batch), *canvas, 3), PAD_VALUE, dtype=torch.uint8), torch.tensor(0.5), torch.tensor(0.5))
+    inputs, outputs = io_spec(canvas, config.max_detections)
+    program = torch.onnx.export(
+        wrapper,
+        example,
+        dynamo=True,
+        input_names=[spec["name"] for spec in inputs],
+        output_names=[spec["name"] for spec in outputs],
+        dynamic_shapes=({0: batch}, None, None),
+        custom_translation_table=translation_table(),
+        opset_version=config.opset,
+        optimize=True,
+        verbose=False,
+    )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    program.save(str(path), external_data=False)
+    issues = check_graph(onnx.load(str(path)))
+    if issues:
+        raise ExportError(f"{path}: the graph has {len(issues)} operator(s) TensorRT cannot import natively:\n  " + "\n  ".join(map(str, issues)))
+
+
+def parity_canvases(canvas: tuple[int, int], count: int) -> np.ndarray:
+    """Sample canvases: synthetic scenes (busy, sparse and empty) letterboxed as the service does it."""
+    canvases = []
+    for index in range(count):
+        image, _ = generate_image(seed=20240601, index=index, empty_fraction=0.0)
+        if index % 4 == 3:
+            image = image.point(lambda _: PAD_VALUE)  # a blank image: usually no detections
+        canvases.append(letterbox(image, canvas)[0])
+    return np.stack(canvases)
+
+
+@contextlib.contextmanager
+def eager_thresholds(model: FasterRCNN, score_threshold: float, iou_threshold: float, max_detections: int) -> Iterator[None]:
+    """Sets the eager model's final thresholds to the graph's run-time ones, and restores them."""
+    heads = model.roi_heads
+    saved = heads.score_thresh, heads.nms_thresh, heads.detections_per_img
+    heads.score_thresh, heads.nms_thresh, heads.detections_per_img = score_threshold, iou_threshold, max_detections
+    try:
+        yield
+    finally:
+        heads.score_thresh, heads.nms_thresh, heads.detections_per_img = saved
+
+
+def verify_parity(loaded: LoadedModel, onnx_path: Path, config: ExportConfig, iou_threshold: float) -> ParityReport:
+    """Runs the graph in ONNX Runtime at several batch sizes against the eager model, image by image."""
+    canvases = parity_canvases(loaded.canvas, config.parity_images)
+    with eager_thresholds(loaded.model, config.parity_score_threshold, iou_threshold, config.max_detections):
+        eager = eager_predictor(loaded.model)
+        reference = [eager(canvases[i : i + 1])[0] for i in range(len(canvases))]
+    runner = OnnxPredictor(onnx_path.parent)
+    report = ParityReport()
+    for batch in sorted({min(b, config.max_batch) for b in config.parity_batches}):
+        exported: list[Detections] = []
+        for start in range(0, len(canvases), batch):
+            exported += runner.run(canvases[start : start + batch], config.parity_score_threshold, iou_threshold)
+        for ref, got in zip(reference, exported):
+            report.add(compare_detections(ref, got, config.parity_score_threshold, config.max_detections))
+    return report
+
+
+def export_package(loaded: LoadedModel, out: Path, config: ExportConfig) -> dict[str, Any]:
+    """Exports, verifies and writes the package directory ``out``; returns the manifest."""
+    check_canvas(loaded.model, loaded.canvas)
+    iou_threshold = config.iou_threshold if config.iou_threshold is not None else float(loaded.model.roi_heads.nms_thresh)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a package is read by other users (the service container)
+    try:
+        wrapper = BatchedFasterRCNN(loaded.model, loaded.canvas, config.max_detections).eval()
+        onnx_path = staging / ONNX_FILE
+        export_onnx(wrapper, onnx_path, config)
+        manifest = _manifest(loaded, config, onnx_path, iou_threshold, ParityReport())
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        report = verify_parity(loaded, onnx_path, config, iou_threshold)
+        if report.matched_fraction < config.parity_min_matched:
+            raise ExportError(
+                f"parity check failed: {report.matched} of {report.compared} detections matched between ONNX Runtime and "
+                f"the eager model ({report.matched_fraction:.2%} < {config.parity_min_matched:.0%}); details: {report.to_json()}"
+            )
+        manifest = _manifest(loaded, config, onnx_path, iou_threshold, report)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        _replace_directory(staging, out)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_directory(staging: Path, out: Path) -> None:
+    if out.exists():
+        retired = out.with_name(f".{out.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        out.rename(retired)
+        staging.rename(out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def _manifest(loaded: LoadedModel, config: ExportConfig, onnx_path: Path, iou_threshold: float, report: ParityReport) -> dict[str, Any]:
+    import onnxruntime
+    import torchvision
+
+    inputs, outputs = io_spec(loaded.canvas, config.max_detections)
+    return {
+        "name": config.name,
+        "version": config.version,
+        "arch": loaded.arch,
+        "categories": loaded.categories,
+        "canvas": list(loaded.canvas),
+        "letterbox": {"align": "top-left", "pad_value": PAD_VALUE, "resample": "bilinear"},
+        "max_batch": config.max_batch,
+        "max_detections": config.max_detections,
+        "score_threshold": config.score_threshold,
+        "iou_threshold": iou_threshold,
+        "inputs": inputs,
+        "outputs": outputs,
+        "onnx_file": ONNX_FILE,
+        "onnx_sha256": sha256_of(onnx_path),
+        "opset": config.opset,
+        "parity": {
+            **report.to_json(),
+            "batch_sizes": list(config.parity_batches),
+            "images": config.parity_images,
+            "score_threshold": config.parity_score_threshold,
+        },
+        "export_config": asdict(config),
+        "training": loaded.metadata,
+        "tools": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }

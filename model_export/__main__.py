@@ -7,8 +7,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model_export.architectures import ARCHITECTURES, COMPACT_ARCH
+
+if TYPE_CHECKING:  # the command line imports torch only for the subcommands that need it
+    from model_export.checkpoint import LoadedModel
+    from model_export.coco import CocoDataset
+    from model_export.train import EpochCallback
 
 
 def parse_canvas(text: str) -> tuple[int, int]:
@@ -99,7 +105,7 @@ def _run_train(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} and {plot_path} in {time.monotonic() - started:.0f} s")
 
 
-def _initial_model(args: argparse.Namespace, data_categories: list[str]):  # type: ignore[no-untyped-def]
+def _initial_model(args: argparse.Namespace, data_categories: list[str]) -> LoadedModel:
     from model_export.architectures import build_model
     from model_export.checkpoint import DEFAULT_CANVAS, LoadedModel, load_checkpoint, load_pretrained, read_categories
 
@@ -113,10 +119,10 @@ def _initial_model(args: argparse.Namespace, data_categories: list[str]):  # typ
     return LoadedModel(build_model(args.arch, len(data_categories), canvas), args.arch, data_categories, canvas)
 
 
-def _validator(val):  # type: ignore[no-untyped-def]
+def _validator(val: CocoDataset) -> EpochCallback:
     from model_export.evaluate import eager_predictor, evaluate
 
-    def validate(epoch: int, loaded) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    def validate(epoch: int, loaded: LoadedModel) -> dict[str, float]:
         report = evaluate(eager_predictor(loaded.model), val, loaded.canvas)
         print(f"epoch {epoch + 1}: val mAP@[.5:.95] {report.map:.4f}  mAP@.5 {report.map50:.4f}", flush=True)
         return {"val_map": round(report.map, 4), "val_map50": round(report.map50, 4)}

@@ -64,7 +64,7 @@ class CompactBackbone(nn.Module):
         self.fpn = FeaturePyramidNetwork(list(COMPACT_STAGES[1:]), COMPACT_FPN_CHANNELS, extra_blocks=LastLevelMaxPool())
         self.out_channels = COMPACT_FPN_CHANNELS
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         x = self.stem(x)
         features = OrderedDict()
         for index, stage in enumerate(self.stages):

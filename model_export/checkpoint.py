@@ -116,7 +116,8 @@ def load_checkpoint(
         state_dict, metadata = payload["state_dict"], payload.get("training", {})
         arch = arch or payload.get("arch")
         categories = categories or payload.get("categories")
-        canvas = canvas or (tuple(payload["canvas"]) if payload.get("canvas") else None)  # type: ignore[assignment]
+        if canvas is None and payload.get("canvas"):
+            canvas = (int(payload["canvas"][0]), int(payload["canvas"][1]))
     else:
         state_dict, metadata = payload, {}
     if arch is None or categories is None:
@@ -126,8 +127,7 @@ def load_checkpoint(
     found = _num_classes_in(state_dict)
     if found is not None and found != len(categories):
         raise CheckpointError(
-            f"{path}: the checkpoint's box predictor has {found} classes (background included) "
-            f"but {len(categories)} categories were given"
+            f"{path}: the checkpoint's box predictor has {found} classes (background included) but {len(categories)} categories were given"
         )
     canvas = canvas or DEFAULT_CANVAS
     model = build_model(arch, len(categories), canvas)

@@ -83,11 +83,8 @@ def _read_categories(data: dict[str, Any], path: Path) -> tuple[list[str], list[
 def _read_box(annotation: dict[str, Any], where: str, path: Path, width: int, height: int) -> list[float] | None:
     """The annotation's box as x1, y1, x2, y2 clipped to the image, or None if it is empty."""
     bbox = annotation.get("bbox")
-    _require(
-        isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox),
-        path,
-        f"{where}.bbox should be 4 finite numbers [x, y, width, height], got {bbox!r}",
-    )
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
+        raise DatasetError(f"{path}: {where}.bbox should be 4 finite numbers [x, y, width, height], got {bbox!r}")
     x, y, w, h = (float(v) for v in bbox)
     _require(w >= 0 and h >= 0, path, f"{where}.bbox has a negative width or height: {bbox!r}")
     x1, y1, x2, y2 = max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)
@@ -113,13 +110,17 @@ def load_dataset(root: Path, check_files: bool = True) -> CocoDataset:
         for key in ("width", "height"):
             _require(isinstance(image.get(key), int) and image[key] > 0, path, f"{where}.{key} should be a positive integer")
         if check_files:
-            _require((path.parent / image["file_name"]).is_file(), path, f"{where}.file_name: image file {path.parent / image['file_name']} is missing")
+            _require(
+                (path.parent / image["file_name"]).is_file(),
+                path,
+                f"{where}.file_name: image file {path.parent / image['file_name']} is missing",
+            )
         images[image["id"]] = {**image, "boxes": [], "labels": []}
 
     for index, annotation in enumerate(data["annotations"]):
         where = f"annotations[{index}]"
         _require(isinstance(annotation, dict), path, f"{where} should be an object")
-        image = images.get(annotation.get("image_id"))  # type: ignore[arg-type]
+        image = images.get(annotation.get("image_id", -1))
         if image is None:
             raise DatasetError(f"{path}: {where}.image_id {annotation.get('image_id')!r} names no image")
         category_id = annotation.get("category_id")

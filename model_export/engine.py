@@ -32,7 +32,9 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise EngineBuildError(f"the batch profile should satisfy 1 <= min <= opt <= max, got {self.min_batch}:{self.opt_batch}:{self.max_batch}")
+            raise EngineBuildError(
+                f"the batch profile should satisfy 1 <= min <= opt <= max, got {self.min_batch}:{self.opt_batch}:{self.max_batch}"
+            )
 
 
 def parse_profile(text: str) -> tuple[int, int, int]:
@@ -84,7 +86,9 @@ def build_engine(package: Path, config: EngineConfig) -> Path:
         build_config.set_flag(trt.BuilderFlag.FP16)
     height, width = manifest["canvas"]
     profile = builder.create_optimization_profile()
-    profile.set_shape("images", (config.min_batch, height, width, 3), (config.opt_batch, height, width, 3), (config.max_batch, height, width, 3))
+    profile.set_shape(
+        "images", (config.min_batch, height, width, 3), (config.opt_batch, height, width, 3), (config.max_batch, height, width, 3)
+    )
     build_config.add_optimization_profile(profile)
     cache_path = Path(package) / "tensorrt.timing.cache"
     cache = build_config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")

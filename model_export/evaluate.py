@@ -59,9 +59,9 @@ def predict_dataset(predict: BatchPredictor, dataset: CocoDataset, canvas: tuple
     for records in _batches(dataset.images, batch_size):
         placed = [letterbox(open_image(record), canvas) for record in records]
         outputs = predict(np.stack([array for array, _ in placed]))
-        for record, (_, where), detections in zip(records, placed, outputs):
+        for record, (_, where), detections in zip(records, placed, outputs, strict=False):
             boxes = where.boxes_to_image(detections.boxes.astype(np.float64))
-            for box, score, label in zip(boxes, detections.scores, detections.labels):
+            for box, score, label in zip(boxes, detections.scores, detections.labels, strict=False):
                 results.append(
                     {
                         "image_id": record.image_id,

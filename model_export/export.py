@@ -66,7 +66,9 @@ def check_canvas(model: FasterRCNN, canvas: tuple[int, int]) -> None:
     """The canvas must need no padding: torchvision pads each side to a multiple of ``size_divisible``."""
     divisor = int(model.transform.size_divisible)
     if canvas[0] % divisor or canvas[1] % divisor:
-        raise ExportError(f"canvas {canvas[0]}x{canvas[1]} is not divisible by {divisor}, as this backbone requires; try {_round_up(canvas, divisor)}")
+        raise ExportError(
+            f"canvas {canvas[0]}x{canvas[1]} is not divisible by {divisor}, as this backbone requires; try {_round_up(canvas, divisor)}"
+        )
 
 
 def _round_up(canvas: tuple[int, int], divisor: int) -> str:
@@ -95,7 +97,9 @@ def export_onnx(wrapper: BatchedFasterRCNN, path: Path, config: ExportConfig) ->
     program.save(str(path), external_data=False)
     issues = check_graph(onnx.load(str(path)))
     if issues:
-        raise ExportError(f"{path}: the graph has {len(issues)} operator(s) TensorRT cannot import natively:\n  " + "\n  ".join(map(str, issues)))
+        raise ExportError(
+            f"{path}: the graph has {len(issues)} operator(s) TensorRT cannot import natively:\n  " + "\n  ".join(map(str, issues))
+        )
 
 
 def parity_canvases(canvas: tuple[int, int], count: int) -> np.ndarray:
@@ -133,7 +137,7 @@ def verify_parity(loaded: LoadedModel, onnx_path: Path, config: ExportConfig, io
         exported: list[Detections] = []
         for start in range(0, len(canvases), batch):
             exported += runner.run(canvases[start : start + batch], config.parity_score_threshold, iou_threshold)
-        for ref, got in zip(reference, exported):
+        for ref, got in zip(reference, exported, strict=False):
             report.add(compare_detections(ref, got, config.parity_score_threshold, config.max_detections))
     return report
 

@@ -111,7 +111,7 @@ class BatchedFasterRCNN(nn.Module):
         self.rpn_head = model.rpn.head
         self.box_head = model.roi_heads.box_head
         self.box_predictor = model.roi_heads.box_predictor
-        self.featmap_names = list(model.roi_heads.box_roi_pool.featmap_names)
+        pooled_names = list(model.roi_heads.box_roi_pool.featmap_names)
         self.roi_output_size = int(model.roi_heads.box_roi_pool.output_size[0])
         self.roi_sampling_ratio = int(model.roi_heads.box_roi_pool.sampling_ratio)
         self.rpn_nms_thresh = float(model.rpn.nms_thresh)
@@ -124,6 +124,10 @@ class BatchedFasterRCNN(nn.Module):
         self.num_classes = int(self.box_predictor.cls_score.out_features)
         self.register_buffer("mean", torch.tensor(model.transform.image_mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(model.transform.image_std).view(1, 3, 1, 1) * 255)
+        with torch.no_grad():
+            feature_names = list(self.backbone(torch.zeros(1, 3, *canvas)).keys())
+        # MultiScaleRoIAlign pools the maps it names that the backbone has (mobilenet's FPN has fewer than the default four).
+        self.featmap_names = [name for name in pooled_names if name in feature_names]
         self.constants, anchors = self._constants(model, canvas, max_detections)
         for level, level_anchors in enumerate(anchors):
             self.register_buffer(f"anchors_{level}", level_anchors)
@@ -133,7 +137,7 @@ class BatchedFasterRCNN(nn.Module):
             features = self.backbone(torch.zeros(1, 3, *canvas))
             anchors = model.rpn.anchor_generator(ImageList(torch.zeros(1, 3, *canvas), [canvas]), list(features.values()))[0]
         per_location = model.rpn.anchor_generator.num_anchors_per_location()
-        level_sizes = [a * f.shape[-2] * f.shape[-1] for a, f in zip(per_location, features.values())]
+        level_sizes = [a * f.shape[-2] * f.shape[-1] for a, f in zip(per_location, features.values(), strict=False)]
         level_top_n = [min(model.rpn._pre_nms_top_n["testing"], n) for n in level_sizes]
         # torchvision's MultiScaleRoIAlign infers each level's scale as a power of two from its size.
         roi_scales = [2.0 ** round(math.log2(features[name].shape[-2] / canvas[0])) for name in self.featmap_names]
@@ -152,7 +156,7 @@ class BatchedFasterRCNN(nn.Module):
         return constants, list(anchors.split(level_sizes))
 
     def forward(self, images: Tensor, score_threshold: Tensor, iou_threshold: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        x = (images.permute(0, 3, 1, 2).float() - self.get_buffer("mean")) / self.get_buffer("std")
         features = self.backbone(x)
         proposals, proposal_valid = self.propose(list(features.values()))
         class_logits, box_regression = self.classify(features, proposals)
@@ -166,7 +170,7 @@ class BatchedFasterRCNN(nn.Module):
         c = self.constants
         logits, deltas = self.rpn_head(features)
         boxes, scores, levels = [], [], []
-        for level, (level_logits, level_deltas) in enumerate(zip(logits, deltas)):
+        for level, (level_logits, level_deltas) in enumerate(zip(logits, deltas, strict=False)):
             batch, anchors_per_location, height, width = level_logits.shape
             # permute_and_flatten: (B, A, H, W) -> (B, H * W * A)
             objectness = level_logits.permute(0, 2, 3, 1).reshape(batch, -1)
@@ -204,7 +208,7 @@ class BatchedFasterRCNN(nn.Module):
         target = torch.clamp(target, min=c.roi_k_min, max=c.roi_k_max).to(torch.int64) - c.roi_k_min
         pooled = None
         # Every level pools every box; each box keeps its own level's result (no data-dependent gather).
-        for level, (name, scale) in enumerate(zip(self.featmap_names, c.roi_scales)):
+        for level, (name, scale) in enumerate(zip(self.featmap_names, c.roi_scales, strict=False)):
             level_pooled = roi_align(features[name], rois, batch_indices, scale, self.roi_output_size, self.roi_sampling_ratio)
             here = (target == level)[:, None, None, None]
             pooled = level_pooled if pooled is None else torch.where(here, level_pooled, pooled)
@@ -213,7 +217,13 @@ class BatchedFasterRCNN(nn.Module):
         return self.box_predictor(self.box_head(pooled))
 
     def detect(
-        self, proposals: Tensor, proposal_valid: Tensor, class_logits: Tensor, box_regression: Tensor, score_threshold: Tensor, iou_threshold: Tensor
+        self,
+        proposals: Tensor,
+        proposal_valid: Tensor,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        score_threshold: Tensor,
+        iou_threshold: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """torchvision's RoIHeads.postprocess_detections, padded to K rows per image."""
         c = self.constants

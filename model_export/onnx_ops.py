@@ -14,7 +14,9 @@ and an onnxscript translation passed to ``torch.onnx.export``.
 
 from __future__ import annotations
 
-import onnxscript
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torchvision
 from onnxscript import opset18 as op
@@ -23,7 +25,9 @@ _LIBRARY = "frcnn_export"
 
 
 @torch.library.custom_op(f"{_LIBRARY}::nms", mutates_args=())
-def batched_multiclass_nms(boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, iou_threshold: torch.Tensor, score_threshold: float) -> torch.Tensor:
+def batched_multiclass_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, iou_threshold: torch.Tensor, score_threshold: float
+) -> torch.Tensor:
     """ONNX NonMaxSuppression.
 
     boxes (Tensor[B, N, 4]): x1, y1, x2, y2. scores (Tensor[B, C, N]).
@@ -61,22 +65,20 @@ def roi_align(
 
 
 @roi_align.register_fake
-def _(features: torch.Tensor, rois: torch.Tensor, batch_indices: torch.Tensor, spatial_scale: float, output_size: int, sampling_ratio: int) -> torch.Tensor:
+def _(
+    features: torch.Tensor, rois: torch.Tensor, batch_indices: torch.Tensor, spatial_scale: float, output_size: int, sampling_ratio: int
+) -> torch.Tensor:
     return features.new_empty((rois.shape[0], features.shape[1], output_size, output_size))
 
 
-def _nms_onnx(boxes, scores, max_per_class: int, iou_threshold, score_threshold: float):  # type: ignore[no-untyped-def]
-    return op.NonMaxSuppression(
-        boxes,
-        scores,
-        op.Constant(value_ints=[max_per_class]),
-        op.Reshape(iou_threshold, op.Constant(value_ints=[1])),
-        op.Constant(value_floats=[score_threshold]),
-        center_point_box=0,
-    )
+def _nms_onnx(boxes, scores, max_per_class: int, iou_threshold, score_threshold: float):
+    max_boxes = op.Constant(value_ints=[max_per_class])
+    floor = op.Constant(value_floats=[score_threshold])
+    iou = op.Reshape(iou_threshold, op.Constant(value_ints=[1]))  # type: ignore[arg-type]
+    return op.NonMaxSuppression(boxes, scores, max_boxes, iou, floor, center_point_box=0)  # type: ignore[arg-type]
 
 
-def _roi_align_onnx(features, rois, batch_indices, spatial_scale: float, output_size: int, sampling_ratio: int):  # type: ignore[no-untyped-def]
+def _roi_align_onnx(features, rois, batch_indices, spatial_scale: float, output_size: int, sampling_ratio: int):
     return op.RoiAlign(
         features,
         rois,
@@ -90,7 +92,7 @@ def _roi_align_onnx(features, rois, batch_indices, spatial_scale: float, output_
     )
 
 
-def translation_table() -> dict[object, onnxscript.OnnxFunction | object]:
+def translation_table() -> dict[Callable[..., Any], Callable[..., Any]]:
     """What ``torch.onnx.export(custom_translation_table=...)`` needs for these ops."""
     return {
         torch.ops.frcnn_export.nms.default: _nms_onnx,

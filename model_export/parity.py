@@ -81,7 +81,11 @@ def compare_detections(
     report = ParityReport()
     skip_ref = _decided_by_noise(reference, score_threshold, cap, tie_tolerance)
     skip_cand = _decided_by_noise(candidate, score_threshold, cap, tie_tolerance)
-    iou = box_iou(reference.boxes, candidate.boxes) if len(reference.boxes) and len(candidate.boxes) else np.zeros((len(reference.boxes), len(candidate.boxes)))
+    iou = (
+        box_iou(reference.boxes, candidate.boxes)
+        if len(reference.boxes) and len(candidate.boxes)
+        else np.zeros((len(reference.boxes), len(candidate.boxes)))
+    )
     fits = (
         (iou >= min_iou)
         & (reference.labels[:, None] == candidate.labels[None, :])

@@ -74,7 +74,9 @@ def _circle(radius: float, points: int = 40) -> list[tuple[float, float]]:
     return [(radius * math.cos(2 * math.pi * i / points), radius * math.sin(2 * math.pi * i / points)) for i in range(points)]
 
 
-def _place(outline: list[tuple[float, float]], cx: float, cy: float, half_w: float, half_h: float, angle: float) -> list[tuple[float, float]]:
+def _place(
+    outline: list[tuple[float, float]], cx: float, cy: float, half_w: float, half_h: float, angle: float
+) -> list[tuple[float, float]]:
     cos, sin = math.cos(angle), math.sin(angle)
     placed = []
     for x, y in outline:
@@ -125,7 +127,7 @@ def _draw_distractors(rng: np.random.Generator, image: Image.Image) -> None:
             n = int(rng.integers(16, 31))
             angles = np.sort(rng.uniform(0, 2 * math.pi, size=n))
             radii = radius * rng.uniform(0.2, 1.0, size=n)
-            points = [(float(cx + r * math.cos(a)), float(cy + r * math.sin(a))) for a, r in zip(angles, radii)]
+            points = [(float(cx + r * math.cos(a)), float(cy + r * math.sin(a))) for a, r in zip(angles, radii, strict=False)]
             draw.polygon(points, fill=colour)
 
 
@@ -216,7 +218,8 @@ def write_dataset(out_dir: Path, config: SynthConfig) -> Path:
     """Writes ``annotations.json`` and ``images/*.png`` under ``out_dir``; returns the JSON path."""
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for index in tqdm(range(config.count), desc="synth", unit="img"):
         image, objects = generate_image(config.seed, index, config.size_scale, config.empty_fraction)
         file_name = f"images/{index:06d}.png"

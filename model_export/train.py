@@ -105,7 +105,7 @@ def _random_flips(array: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def collate(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
-    images, targets = zip(*batch)
+    images, targets = zip(*batch, strict=False)
     return list(images), list(targets)
 
 

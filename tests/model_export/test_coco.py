@@ -36,7 +36,7 @@ def test_loads_boxes_as_corners(small_dataset: Path) -> None:
 
 def test_rejects_malformed_json(dataset_copy: Path) -> None:
     (dataset_copy / "annotations.json").write_text("{not json")
-    with pytest.raises(DatasetError, match="annotations.json: not valid JSON"):
+    with pytest.raises(DatasetError, match=r"annotations\.json: not valid JSON"):
         load_dataset(dataset_copy)
 
 

@@ -12,7 +12,12 @@ from model_export.evaluate import coco_metrics, format_table, write_report
 def _ground_truth_as_results(root: Path, shift: float = 0.0) -> list[dict]:
     data = json.loads((root / "annotations.json").read_text())
     return [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": [a["bbox"][0] + shift * a["bbox"][2], *a["bbox"][1:]], "score": 1.0}
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": [a["bbox"][0] + shift * a["bbox"][2], *a["bbox"][1:]],
+            "score": 1.0,
+        }
         for a in data["annotations"]
     ]
 

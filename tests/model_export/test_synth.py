@@ -36,7 +36,7 @@ def test_annotations_are_valid_coco(small_dataset: Path) -> None:
     for annotation in data["annotations"]:
         image = by_id[annotation["image_id"]]
         x, y, w, h = annotation["bbox"]
-        assert 0 <= x and 0 <= y and x + w <= image["width"] and y + h <= image["height"]
+        assert x >= 0 and y >= 0 and x + w <= image["width"] and y + h <= image["height"]
         assert w >= 1 and h >= 1
 
 

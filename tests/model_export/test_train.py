@@ -54,8 +54,25 @@ def test_resume_goes_on_from_the_saved_epoch(small_dataset: Path, tmp_path: Path
 
 def test_cli_trains_writes_checkpoint_and_loss_plot(small_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.pt"
-    code = main(["train", "--data", str(small_dataset), "--out", str(out), "--epochs", "1", "--max-iters", "2",
-                 "--batch-size", "2", "--workers", "0", "--canvas", "256x256"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(small_dataset),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--max-iters",
+            "2",
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+            "--canvas",
+            "256x256",
+        ]
+    )
     assert code == 0
     loaded = load_checkpoint(out)
     assert loaded.arch == COMPACT_ARCH and loaded.canvas == CANVAS
@@ -66,11 +83,24 @@ def test_checkpoint_with_wrong_class_count_is_refused(small_dataset: Path, tmp_p
     dataset = load_dataset(small_dataset)
     out = tmp_path / "model.pt"
     train(_model(dataset), dataset, out, TrainConfig(epochs=1, batch_size=4, workers=0, max_iters=1))
-    with pytest.raises(CheckpointError, match="box predictor has 8 classes .* but 3 categories"):
+    with pytest.raises(CheckpointError, match=r"box predictor has 8 classes .* but 3 categories"):
         load_checkpoint(out, categories=["__background__", "a", "b"])
     categories = tmp_path / "classes.txt"
     categories.write_text("a\nb\n")
-    code = main(["train", "--data", str(small_dataset), "--out", str(tmp_path / "x.pt"), "--init", str(out),
-                 "--categories", str(categories), "--arch", COMPACT_ARCH])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(small_dataset),
+            "--out",
+            str(tmp_path / "x.pt"),
+            "--init",
+            str(out),
+            "--categories",
+            str(categories),
+            "--arch",
+            COMPACT_ARCH,
+        ]
+    )
     assert code == 2
     assert "8 classes" in capsys.readouterr().err

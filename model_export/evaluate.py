@@ -17,7 +17,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from model_export.coco import CocoDataset, DatasetError, ImageRecord, open_image
-from model_export.letterbox import letterbox
+from service.letterbox import letterbox
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from model_export.checkpoint import LoadedModel, load_train_state, save_checkpoint, save_train_state
 from model_export.coco import CocoDataset, ImageRecord, open_image
-from model_export.letterbox import PAD_VALUE, fit_scale
+from service.letterbox import PAD_VALUE, fit_scale
 
 Target = dict[str, torch.Tensor]
 

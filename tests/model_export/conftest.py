@@ -8,7 +8,7 @@ import torch
 
 from model_export.architectures import build_model
 from model_export.checkpoint import LoadedModel
-from model_export.letterbox import PAD_VALUE, letterbox
+from service.letterbox import PAD_VALUE, letterbox
 from model_export.synth import SynthConfig, generate_image, write_dataset
 
 

@@ -1,0 +1,60 @@
+"""``python -m service``: the server, from the DETECTOR_* settings, with a graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from service import logs
+from service.main import create_app
+from service.manifest import PackageError
+from service.settings import SettingsError, load_settings
+
+
+class DrainingServer(uvicorn.Server):
+    """Turns readiness false the moment a stop signal arrives, before uvicorn stops accepting."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        detector = getattr(self.app.state, "detector", None)
+        if detector is not None:
+            detector.begin_drain()
+        super().handle_exit(sig, frame)
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        # One process: one model copy; batches are not split between workers.
+        workers=1,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
+    server = DrainingServer(config, app)
+    try:
+        server.run()
+    except PackageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Reading the uploaded image from a request: raw body or multipart field ``image``, within the size limit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from service.errors import BadRequest, BodyTooLarge, InvalidParameter, UnsupportedMediaType
+
+IMAGE_MEDIA_TYPES = frozenset(
+    {
+        "image/jpeg",
+        "image/jpg",
+        "image/pjpeg",
+        "image/png",
+        "image/webp",
+        "image/bmp",
+        "image/gif",
+        "image/tiff",
+        "application/octet-stream",
+    }
+)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest(f"Content-Length {declared!r} is not a number")
+        if int(declared) > limit:
+            raise BodyTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # a chunked upload declares no length: count as it comes
+            raise BodyTooLarge(f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_image(request: Request, limit: int) -> bytes:
+    """The image bytes of a /detect request."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        return await _multipart_image(request, await read_limited(request, limit), limit)
+    if media_type in IMAGE_MEDIA_TYPES:
+        return await read_limited(request, limit)
+    shown = media_type or "none"
+    raise UnsupportedMediaType(
+        f"Content-Type {shown} is not accepted; send an image (image/jpeg, image/png, image/webp, ...) or multipart/form-data"
+    )
+
+
+async def _multipart_image(request: Request, body: bytes, limit: int) -> bytes:
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=4, max_fields=16, max_part_size=limit).parse()
+    except MultiPartException as error:
+        raise BadRequest(f"malformed multipart body: {error.message}") from error
+    try:
+        field = form.get("image")
+        if field is None:
+            raise InvalidParameter("the multipart request has no 'image' field")
+        if isinstance(field, UploadFile):
+            return await field.read()
+        return field.encode("latin-1")
+    finally:
+        await form.close()

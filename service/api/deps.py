@@ -1,0 +1,27 @@
+"""Dependencies handed to the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.detector import Detector
+from service.errors import NotReady
+from service.metrics import Metrics
+
+
+def get_detector(request: Request) -> Detector:
+    detector: Detector | None = getattr(request.app.state, "detector", None)
+    if detector is None:
+        raise NotReady("the model is still loading")
+    return detector
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+DetectorDep = Annotated[Detector, Depends(get_detector)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,34 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.deps import MetricsDep
+from service.errors import NotReady
+
+router = APIRouter()
+
+
+@router.get("/health/live")
+async def live(request: Request) -> dict[str, str]:
+    """200 while the process can answer, unless loading the model failed (a restart is needed)."""
+    failure = getattr(request.app.state, "load_error", None)
+    if failure is not None:
+        raise NotReady(f"loading the model failed: {failure}")
+    return {"status": "alive"}
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> dict[str, str]:
+    """200 once the model is loaded and warmed up; 503 before that and while draining."""
+    detector = getattr(request.app.state, "detector", None)
+    if detector is None or not detector.ready:
+        raise NotReady("the model is loading, warming up or draining")
+    return {"status": "ready"}
+
+
+@router.get("/metrics")
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,151 @@
+"""The request path: decode -> letterbox -> submit to the batcher -> map boxes back -> respond."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.batcher import BatchPolicy, BatchResult, DynamicBatcher
+from service.decode import decode_image
+from service.engines import Engine, create_engine
+from service.errors import InvalidParameter, NotReady
+from service.letterbox import Letterbox, letterbox
+from service.manifest import ModelManifest, read_manifest
+from service.metrics import Metrics
+from service.schemas import Box, Detection, DetectResponse, ImageSize, ModelRef, Timing
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    """A request's options, already range-checked; None means the manifest's default."""
+
+    score_threshold: float | None = None
+    iou_threshold: float | None = None
+    max_detections: int | None = None
+    classes: frozenset[int] | None = None  # label ids to keep
+    timeout_s: float | None = None
+
+
+class Detector:
+    """Owns the engine, the batcher and the decode threads; built and closed by the app's lifespan."""
+
+    def __init__(self, settings: Settings, manifest: ModelManifest, engine: Engine, metrics: Metrics) -> None:
+        self.settings = settings
+        self.manifest = manifest
+        self.engine = engine
+        self.metrics = metrics
+        self.batcher = DynamicBatcher(engine, BatchPolicy(settings.max_batch_size, settings.max_batch_wait_ms, settings.max_queue), metrics)
+        self._decoders = concurrent.futures.ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+        self._ready = False
+        self.class_ids = {name: label for label, name in enumerate(manifest.categories) if label > 0}
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics) -> Detector:
+        """Reads the package and builds the engine (slow: call it off the event loop)."""
+        manifest = read_manifest(settings.model_dir)
+        engine = create_engine(settings, manifest)
+        return cls(settings, manifest, engine, metrics)
+
+    async def start(self) -> None:
+        """Starts the batcher, runs a warm-up batch, then reports ready."""
+        self.batcher.start()
+        if self.settings.warmup:
+            started = time.monotonic()
+            blank = np.full((*self.manifest.canvas, 3), 114, dtype=np.uint8)
+            await asyncio.gather(
+                *(self.batcher.submit(blank, 0.5, self.manifest.iou_threshold, 120.0) for _ in range(self.batcher.max_batch))
+            )
+            log.info("warm-up done", extra={"seconds": round(time.monotonic() - started, 3), "batch": self.batcher.max_batch})
+        self._ready = True
+        self.metrics.ready.set(1)
+        self.metrics.model_info.labels(self.manifest.name, self.manifest.version, self.engine.describe()["provider"]).set(1)
+
+    def begin_drain(self) -> None:
+        """Readiness turns false at once (the load balancer stops sending); queued work still completes."""
+        self._ready = False
+        self.metrics.ready.set(0)
+
+    async def close(self) -> None:
+        self.begin_drain()
+        await self.batcher.drain_and_stop()
+        self._decoders.shutdown(wait=True)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "manifest": self.manifest.as_json(),
+            "runtime": {
+                **self.engine.describe(),
+                "max_batch_size": self.batcher.max_batch,
+                "max_batch_wait_ms": self.settings.max_batch_wait_ms,
+                "max_queue": self.settings.max_queue,
+                "request_timeout_s": self.settings.request_timeout_s,
+            },
+            "ready": self.ready,
+        }
+
+    def resolve_classes(self, names: list[str]) -> frozenset[int]:
+        unknown = [name for name in names if name not in self.class_ids]
+        if unknown:
+            raise InvalidParameter(f"unknown class name(s) {unknown}; this model knows {sorted(self.class_ids)}")
+        return frozenset(self.class_ids[name] for name in names)
+
+    async def detect(self, data: bytes, params: DetectParams) -> DetectResponse:
+        if not self.ready:
+            raise NotReady("the model is not ready (loading, warming up or shutting down)")
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        canvas, placement = await loop.run_in_executor(self._decoders, self._prepare, data)
+        score = self.manifest.score_threshold if params.score_threshold is None else params.score_threshold
+        iou = self.manifest.iou_threshold if params.iou_threshold is None else params.iou_threshold
+        timeout = min(params.timeout_s or self.settings.request_timeout_s, self.settings.request_timeout_s)
+        result = await self.batcher.submit(canvas, score, iou, timeout - (time.monotonic() - started))
+        detections = self._to_image(result, placement, params)
+        self.metrics.images.inc()
+        self.metrics.detections.inc(len(detections))
+        return DetectResponse(
+            model=ModelRef(name=self.manifest.name, version=self.manifest.version),
+            image=ImageSize(width=placement.width, height=placement.height),
+            detections=detections,
+            timing_ms=Timing(
+                queue=round(result.queue_s * 1000, 3),
+                inference=round(result.inference_s * 1000, 3),
+                total=round((time.monotonic() - started) * 1000, 3),
+            ),
+            batch_size=result.batch_size,
+        )
+
+    def _prepare(self, data: bytes) -> tuple[np.ndarray, Letterbox]:
+        image = decode_image(data, self.settings.max_image_pixels)
+        return letterbox(image, self.manifest.canvas)
+
+    def _to_image(self, result: BatchResult, placement: Letterbox, params: DetectParams) -> list[Detection]:
+        rows = result.detections
+        keep = np.ones(len(rows.scores), dtype=bool)
+        if params.classes is not None:
+            keep &= np.isin(rows.labels, list(params.classes))
+        boxes = placement.boxes_to_image(rows.boxes[keep].astype(np.float64))
+        scores, labels = rows.scores[keep], rows.labels[keep]
+        limit = params.max_detections or self.manifest.max_detections
+        categories = self.manifest.categories
+        return [
+            Detection(
+                box=Box(x1=float(b[0]), y1=float(b[1]), x2=float(b[2]), y2=float(b[3])),
+                score=float(s),
+                label=int(label),
+                class_name=categories[int(label)],
+            )
+            for b, s, label in zip(boxes[:limit], scores[:limit], labels[:limit], strict=True)
+        ]

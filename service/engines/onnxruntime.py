@@ -1,0 +1,88 @@
+"""ONNX Runtime engine: TensorRT, CUDA or CPU execution providers, chosen by setting."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.engines.base import BatchOutput
+from service.manifest import ModelManifest
+
+log = logging.getLogger(__name__)
+
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+AUTO_ORDER = ["tensorrt", "cuda", "cpu"]
+
+
+def choose_providers(asked: Sequence[str] | None, available: list[str]) -> list[str]:
+    """The execution providers to use, in order: the asked ones (all must be available), or for auto
+    every one of TensorRT, CUDA and CPU that this onnxruntime build offers."""
+    if asked is None:
+        return [PROVIDER_NAMES[name] for name in AUTO_ORDER if PROVIDER_NAMES[name] in available]
+    missing = [name for name in asked if PROVIDER_NAMES[name] not in available]
+    if missing:
+        raise RuntimeError(f"DETECTOR_PROVIDERS asks for {', '.join(missing)}, but this onnxruntime offers only {', '.join(available)}")
+    return [PROVIDER_NAMES[name] for name in asked]
+
+
+def provider_options(provider: str, fp16: bool, cache_dir: Path | None) -> dict[str, Any]:
+    if provider == "TensorrtExecutionProvider":
+        options: dict[str, Any] = {"trt_fp16_enable": fp16}
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir), "trt_timing_cache_enable": True}
+        return options
+    return {}
+
+
+class OnnxRuntimeEngine:
+    def __init__(
+        self,
+        package: Path,
+        manifest: ModelManifest,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int = 0,
+        trt_fp16: bool = False,
+        trt_cache_dir: Path | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.max_batch = manifest.max_batch
+        chosen = choose_providers(providers, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(Path(package) / manifest.onnx_file),
+            options,
+            providers=[(name, provider_options(name, trt_fp16, trt_cache_dir)) for name in chosen],
+        )
+        self.providers = self.session.get_providers()
+        self.intra_op_threads = intra_op_threads
+        log.info("onnxruntime session ready", extra={"providers": self.providers})
+
+    def run(self, images: np.ndarray, score_threshold: float, iou_threshold: float) -> BatchOutput:
+        feed = {
+            "images": np.ascontiguousarray(images, dtype=np.uint8),
+            "score_threshold": np.array(score_threshold, dtype=np.float32),
+            "iou_threshold": np.array(iou_threshold, dtype=np.float32),
+        }
+        counts, boxes, scores, labels = self.session.run(["num_detections", "boxes", "scores", "labels"], feed)
+        return BatchOutput(counts, boxes, scores, labels)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": "onnxruntime",
+            "onnxruntime": ort.__version__,
+            "provider": self.providers[0],
+            "providers": self.providers,
+            "intra_op_threads": self.intra_op_threads,
+        }

@@ -1,0 +1,62 @@
+"""The service's exceptions, each with its HTTP status and an RFC 9457 problem type."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    status = 500
+    title = "Internal Server Error"
+    type = "about:blank"
+    headers: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(ServiceError):
+    status, title, type = 400, "Bad Request", "/problems/bad-request"
+
+
+class InvalidParameter(ServiceError):
+    status, title, type = 422, "Invalid Parameter", "/problems/invalid-parameter"
+
+
+class InvalidImage(ServiceError):
+    status, title, type = 422, "Invalid Image", "/problems/invalid-image"
+
+
+class ImageTooLarge(ServiceError):
+    status, title, type = 413, "Image Too Large", "/problems/image-too-large"
+
+
+class BodyTooLarge(ServiceError):
+    status, title, type = 413, "Request Body Too Large", "/problems/body-too-large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, title, type = 415, "Unsupported Media Type", "/problems/unsupported-media-type"
+
+
+class ModelNotFound(ServiceError):
+    status, title, type = 404, "Model Not Found", "/problems/model-not-found"
+
+
+class QueueFull(ServiceError):
+    status, title, type = 503, "Queue Full", "/problems/queue-full"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+
+class NotReady(ServiceError):
+    status, title, type = 503, "Not Ready", "/problems/not-ready"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
+
+
+class DeadlineExceeded(ServiceError):
+    status, title, type = 504, "Deadline Exceeded", "/problems/deadline-exceeded"
+
+
+class InferenceFailed(ServiceError):
+    status, title, type = 500, "Inference Failed", "/problems/inference-failed"

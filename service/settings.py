@@ -1,0 +1,76 @@
+"""The service's one settings object, read from ``DETECTOR_*`` environment variables and validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "DETECTOR_"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default" / "package"
+
+Provider = Literal["tensorrt", "cuda", "cpu"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # The model
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="model package directory (model.onnx + model.json)")
+    engine: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    providers: str = Field("auto", description="'auto' (TensorRT, CUDA, CPU: what onnxruntime offers) or a list like 'cuda,cpu'")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference; 0 lets it choose")
+    trt_fp16: bool = False
+    trt_cache_dir: Path | None = Field(None, description="TensorRT execution provider engine cache")
+    warmup: bool = True
+
+    # Dynamic batching
+    max_batch_size: PositiveInt = 8
+    max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+    max_queue: PositiveInt = 64
+    request_timeout_s: PositiveFloat = 10.0
+
+    # Limits on input
+    max_body_bytes: PositiveInt = 20 * 1024 * 1024
+    max_image_pixels: PositiveInt = 40_000_000
+    decode_threads: PositiveInt = 2
+
+    # Server
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value == "auto":
+            return value
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in ("tensorrt", "cuda", "cpu")]
+        if not names or unknown:
+            raise ValueError(f"should be 'auto' or a comma-separated list of tensorrt, cuda, cpu; got {value!r}")
+        return ",".join(names)
+
+    @property
+    def provider_list(self) -> list[Provider] | None:
+        """The providers asked for, in order; None for 'auto'."""
+        return None if self.providers == "auto" else [name for name in self.providers.split(",")]  # type: ignore[misc]
+
+
+class SettingsError(ValueError):
+    """Bad settings, with every offending environment variable named."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and ``overrides``); raises SettingsError naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = [
+            f"{ENV_PREFIX}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']} (got {e.get('input')!r})" for e in error.errors()
+        ]
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

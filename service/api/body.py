@@ -45,13 +45,19 @@ async def read_image(request: Request, limit: int) -> bytes:
     """The image bytes of a /detect request."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
-        return await _multipart_image(request, await read_limited(request, limit), limit)
-    if media_type in IMAGE_MEDIA_TYPES:
-        return await read_limited(request, limit)
+        data = await _multipart_image(request, await read_limited(request, limit), limit)
+    elif media_type in IMAGE_MEDIA_TYPES:
+        data = await read_limited(request, limit)
+    else:
+        raise UnsupportedMediaType(_unsupported(media_type))
+    if not data:
+        raise BadRequest("the request has no image data")
+    return data
+
+
+def _unsupported(media_type: str) -> str:
     shown = media_type or "none"
-    raise UnsupportedMediaType(
-        f"Content-Type {shown} is not accepted; send an image (image/jpeg, image/png, image/webp, ...) or multipart/form-data"
-    )
+    return f"Content-Type {shown} is not accepted; send an image (image/jpeg, image/png, image/webp, ...) or multipart/form-data"
 
 
 async def _multipart_image(request: Request, body: bytes, limit: int) -> bytes:

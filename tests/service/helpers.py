@@ -1,0 +1,82 @@
+"""Test helpers for the service: image bytes, readiness waits, a real server process."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def png_bytes(image: Image.Image, format: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def wait_ready(client: TestClient | httpx.Client, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/health/ready").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the service did not become ready")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """``python -m service`` in its own process, on a free loopback port."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {**os.environ, "DETECTOR_HOST": "127.0.0.1", "DETECTOR_PORT": str(self.port), **env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    def wait_ready(self, timeout: float = 90.0) -> httpx.Client:
+        client = httpx.Client(base_url=self.url, timeout=30.0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}: {self.output()}")
+            try:
+                if client.get("/health/ready").status_code == 200:
+                    return client
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("the server did not become ready")
+
+    def output(self) -> str:
+        if self.process.poll() is None:
+            return ""
+        return self.process.stdout.read() if self.process.stdout else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def solid_image(width: int, height: int, colour: tuple[int, int, int] = (120, 130, 140)) -> Image.Image:
+    return Image.fromarray(np.full((height, width, 3), colour, dtype=np.uint8))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from types import FrameType
 
@@ -48,6 +49,9 @@ def main() -> int:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
     server = DrainingServer(config, app)
+    # uvicorn re-raises the stop signal after its graceful shutdown, to the handler it found at start;
+    # with this one, a drained stop ends the process with 0, as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run()
     except PackageError as error:

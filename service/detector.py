@@ -45,7 +45,8 @@ class Detector:
         self.metrics = metrics
         self.batcher = DynamicBatcher(engine, BatchPolicy(settings.max_batch_size, settings.max_batch_wait_ms, settings.max_queue), metrics)
         self._decoders = concurrent.futures.ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
-        self._ready = False
+        self._ready = False  # what /health/ready reports: false while loading and once draining
+        self._serving = False  # whether /detect is served: through the drain, until close()
         self.class_ids = {name: label for label, name in enumerate(manifest.categories) if label > 0}
 
     @classmethod
@@ -65,17 +66,18 @@ class Detector:
                 *(self.batcher.submit(blank, 0.5, self.manifest.iou_threshold, 120.0) for _ in range(self.batcher.max_batch))
             )
             log.info("warm-up done", extra={"seconds": round(time.monotonic() - started, 3), "batch": self.batcher.max_batch})
-        self._ready = True
+        self._ready = self._serving = True
         self.metrics.ready.set(1)
         self.metrics.model_info.labels(self.manifest.name, self.manifest.version, self.engine.describe()["provider"]).set(1)
 
     def begin_drain(self) -> None:
-        """Readiness turns false at once (the load balancer stops sending); queued work still completes."""
+        """Readiness turns false at once (the load balancer stops sending); requests already here are still served."""
         self._ready = False
         self.metrics.ready.set(0)
 
     async def close(self) -> None:
         self.begin_drain()
+        self._serving = False
         await self.batcher.drain_and_stop()
         self._decoders.shutdown(wait=True)
 
@@ -103,8 +105,8 @@ class Detector:
         return frozenset(self.class_ids[name] for name in names)
 
     async def detect(self, data: bytes, params: DetectParams) -> DetectResponse:
-        if not self.ready:
-            raise NotReady("the model is not ready (loading, warming up or shutting down)")
+        if not self._serving:
+            raise NotReady("the model is not being served (loading, warming up or stopped)")
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         canvas, placement = await loop.run_in_executor(self._decoders, self._prepare, data)

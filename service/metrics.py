@@ -24,6 +24,7 @@ class Metrics:
             "detector_inference_duration_seconds", "Time of one graph run (per batch)", buckets=LATENCY_BUCKETS, registry=r
         )
         self.batch_size = Histogram("detector_batch_size", "Requests per graph run", buckets=BATCH_BUCKETS, registry=r)
+        self.in_flight = Gauge("detector_requests_in_flight", "HTTP requests being handled", registry=r)
         self.queue_depth = Gauge("detector_queue_depth", "Requests waiting for a batch", registry=r)
         self.rejected = Counter("detector_rejected", "Requests refused or dropped, by reason", ["reason"], registry=r)
         self.images = Counter("detector_images", "Images run through the model", registry=r)

@@ -1,0 +1,128 @@
+"""The real server: `python -m service` on a loopback port, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.service.helpers import REPO
+
+
+def _detect(client: httpx.Client, image: bytes, score: float, iou: float) -> httpx.Response:
+    return client.post(f"/detect?score_threshold={score}&iou_threshold={iou}", content=image, headers={"Content-Type": "image/jpeg"})
+
+
+def _same_detections(a: list[dict], b: list[dict]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x["label"] != y["label"] or abs(x["score"] - y["score"]) > 1e-5:
+            return False
+        if any(abs(x["box"][k] - y["box"][k]) > 1e-2 for k in ("x1", "y1", "x2", "y2")):
+            return False
+    return True
+
+
+def test_concurrent_mixed_requests_equal_each_request_alone(start_server, scene_images: list[bytes]) -> None:  # type: ignore[no-untyped-def]
+    server = start_server(DETECTOR_MAX_BATCH_SIZE="8", DETECTOR_MAX_BATCH_WAIT_MS="20")
+    client = server.wait_ready()
+    requests = [(scene_images[i % len(scene_images)], [0.05, 0.2, 0.5][i % 3], [0.5, 0.6][i % 2]) for i in range(32)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        batched = list(pool.map(lambda r: _detect(client, *r), requests))
+    alone = [_detect(client, *r) for r in requests]
+    assert all(r.status_code == 200 for r in batched + alone)
+    for together, single in zip(batched, alone, strict=True):
+        assert _same_detections(together.json()["detections"], single.json()["detections"])
+    assert any(r.json()["detections"] for r in batched)
+
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    batch_sizes = {s.labels.get("le"): s.value for s in families["detector_batch_size"].samples if s.name.endswith("_bucket")}
+    runs = next(s.value for s in families["detector_batch_size"].samples if s.name.endswith("_count"))
+    assert runs < 64 + 8, "the concurrent half should have run in shared batches"
+    assert batch_sizes["1.0"] < runs, "some graph runs should hold more than one request"
+    requests_total = {
+        s.labels["status"]: s.value
+        for s in families["detector_requests"].samples
+        if s.name.endswith("_total") and s.labels["route"] == "/detect"
+    }
+    assert requests_total == {"200": 64.0}
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(start_server, scene_images: list[bytes]) -> None:  # type: ignore[no-untyped-def]
+    server = start_server(DETECTOR_MAX_BATCH_SIZE="1", DETECTOR_MAX_BATCH_WAIT_MS="0")
+    client = server.wait_ready()
+    results: list[int] = []
+
+    def send(index: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as own:
+            results.append(_detect(own, scene_images[index % len(scene_images)], 0.3, 0.5).status_code)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    # Once the server holds all twelve (in flight or answered), ask it to stop.
+    while True:
+        in_flight, answered = _progress(client)
+        if in_flight + answered >= 12:
+            break
+    server.process.send_signal(signal.SIGTERM)
+    assert in_flight > 0, "every request finished before the signal: nothing was drained"
+    for thread in threads:
+        thread.join(timeout=60)
+    assert server.process.wait(timeout=60) == 0, server.output()
+    assert results == [200] * 12, results
+
+
+def _progress(client: httpx.Client) -> tuple[int, int]:
+    """(/detect requests in flight, /detect requests answered); the scrape itself is one request in flight."""
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    in_flight = int(families["detector_requests_in_flight"].samples[0].value) - 1
+    answered = sum(
+        int(s.value) for s in families["detector_requests"].samples if s.name.endswith("_total") and s.labels["route"] == "/detect"
+    )
+    return in_flight, answered
+
+
+def test_bad_settings_stop_the_server_naming_the_variable(small_package: Path) -> None:
+    env = {**os.environ, "DETECTOR_MODEL_DIR": str(small_package), "DETECTOR_MAX_BATCH_SIZE": "0", "DETECTOR_PROVIDERS": "gpu-please"}
+    result = subprocess.run([sys.executable, "-m", "service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "DETECTOR_MAX_BATCH_SIZE" in result.stderr and "DETECTOR_PROVIDERS" in result.stderr
+
+
+def test_a_missing_model_package_stops_the_server(tmp_path: Path) -> None:
+    env = {**os.environ, "DETECTOR_MODEL_DIR": str(tmp_path / "nothing-here"), "DETECTOR_PORT": "0"}
+    result = subprocess.run([sys.executable, "-m", "service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "no model manifest" in result.stdout + result.stderr
+
+
+def test_serving_imports_nothing_of_torch(small_package: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from fastapi.testclient import TestClient
+        from service.main import create_app
+        from service.settings import Settings
+        app = create_app(Settings(model_dir={str(small_package)!r}))
+        with TestClient(app) as client:
+            while client.get("/health/ready").status_code != 200:
+                time.sleep(0.05)
+            assert client.post("/detect", content=open({str(REPO / "models")!r} + "/../README.md", "rb").read()[:0] or b"x",
+                               headers={{"Content-Type": "image/png"}}).status_code == 422
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+        print("TORCH:", loaded)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "TORCH: []" in result.stdout

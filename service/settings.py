@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @field_validator("model_dir")
+    @classmethod
+    def _is_a_package(cls, value: Path) -> Path:
+        if not (value / "model.json").is_file():
+            raise ValueError(f"{value} is not a model package directory (no model.json in it)")
+        return value
+
     @field_validator("providers")
     @classmethod
     def _known_providers(cls, value: str) -> str:

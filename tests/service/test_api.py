@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zlib
 
 import pytest
@@ -196,3 +197,35 @@ def test_metrics_use_the_contracted_names(client: TestClient, scene_images: list
     assert info.labels == {"name": "shapes", "version": "7", "provider": "CPUExecutionProvider"}
     images = [s.value for s in families["detector_images"].samples if s.name == "detector_images_total"]
     assert images == [1.0]
+
+
+class _StalledEngine:
+    """Wraps the real engine; each run waits until released (fault injection: a slow model)."""
+
+    def __init__(self, engine) -> None:  # type: ignore[no-untyped-def]
+        self.engine, self.max_batch = engine, engine.max_batch
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def run(self, *args):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        self.release.wait(30)
+        return self.engine.run(*args)
+
+    def describe(self):  # type: ignore[no-untyped-def]
+        return self.engine.describe()
+
+
+def test_health_answers_while_the_model_is_busy(client: TestClient, scene_images: list[bytes]) -> None:
+    batcher = client.app.state.detector.batcher  # type: ignore[attr-defined]
+    stalled = _StalledEngine(batcher.engine)
+    batcher.engine = stalled
+    worker = threading.Thread(target=lambda: client.post("/detect", content=scene_images[0], headers={"Content-Type": "image/jpeg"}))
+    worker.start()
+    try:
+        assert stalled.entered.wait(30), "the request never reached the engine"
+        assert client.get("/health/live").status_code == 200
+        assert client.get("/metrics").status_code == 200
+        assert worker.is_alive() and not stalled.release.is_set(), "health answered while inference was still running"
+    finally:
+        stalled.release.set()
+        worker.join(30)

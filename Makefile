@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint demo default-model clean
+.PHONY: setup serve test lint demo default-model bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Until the service lands, the first command runs the training side's demo on the default model.
-serve: demo
+# The service on the embedded default model, on port 8000 (DETECTOR_* variables configure it).
+serve: $(STAMP)
+	$(BIN)/python -m service
 
 demo: $(STAMP)
 	$(BIN)/python -m model_export synth --out runs/demo-data --count 50 --seed 12345
@@ -38,6 +39,11 @@ default-model: $(STAMP)
 	$(BIN)/python -m model_export synth --out data/train --count 5000 --seed 1
 	$(BIN)/python -m model_export synth --out data/val --count 300 --seed 2
 	$(BIN)/python -m model_export train --data data/train --val data/val --out models/default/model.pt --epochs 8 --seed 0
+
+# Benchmarks (not tests): run on an otherwise idle machine.
+bench: $(STAMP)
+	$(BIN)/python -m bench.export_speed
+	$(BIN)/python -m bench.service_throughput
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

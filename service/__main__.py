@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from service import logs
 from service.main import create_app
 from service.manifest import PackageError
-from service.settings import SettingsError, load_settings
+from service.settings import Settings, SettingsError, load_settings
 
 
 class DrainingServer(uvicorn.Server):
@@ -29,9 +29,23 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def check_runtime(settings: Settings) -> None:
+    """Settings that only this machine can refuse: execution providers its onnxruntime lacks."""
+    if settings.engine == "onnxruntime":
+        import onnxruntime
+
+        from service.engines.onnxruntime import choose_providers
+
+        try:
+            choose_providers(settings.provider_list, onnxruntime.get_available_providers())
+        except RuntimeError as error:
+            raise SettingsError(str(error)) from error
+
+
 def main() -> int:
     try:
         settings = load_settings()
+        check_runtime(settings)
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.helpers import REPO
@@ -126,3 +127,17 @@ def test_serving_imports_nothing_of_torch(small_package: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "TORCH: []" in result.stdout
+
+
+def test_providers_this_onnxruntime_lacks_stop_the_server(small_package: Path) -> None:
+    import onnxruntime
+
+    from service.engines.onnxruntime import PROVIDER_NAMES
+
+    missing = [name for name, provider in PROVIDER_NAMES.items() if provider not in onnxruntime.get_available_providers()]
+    if not missing:
+        pytest.skip("this onnxruntime offers every provider")
+    env = {**os.environ, "DETECTOR_MODEL_DIR": str(small_package), "DETECTOR_PROVIDERS": missing[0]}
+    result = subprocess.run([sys.executable, "-m", "service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "DETECTOR_PROVIDERS asks for" in result.stderr

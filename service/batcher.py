@@ -141,6 +141,9 @@ class DynamicBatcher:
             pending.future.cancel()  # if still queued, the consumer drops it
             self.metrics.rejected.labels(reason="deadline").inc()
             raise DeadlineExceeded(f"no result within the request's deadline of {timeout_s:.3g} s") from None
+        except asyncio.CancelledError:
+            pending.future.cancel()  # the client went away: never run it if it is still queued
+            raise
 
     # Consumer side
 

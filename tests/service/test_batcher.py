@@ -200,3 +200,21 @@ def test_policy_limits_are_validated() -> None:
         BatchPolicy(0, 1.0, 4)
     with pytest.raises(ValueError, match="max_queue should be at least 1"):
         BatchPolicy(1, 1.0, 0)
+
+
+def test_a_request_whose_client_left_is_dropped_before_inference(engine: OnnxRuntimeEngine, canvases: np.ndarray) -> None:
+    async def scenario() -> RecordingEngine:
+        stalled = RecordingEngine(engine, stall_s=10)
+        batcher = _batcher(stalled, max_batch_size=1, wait_ms=0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(canvases[0], 0.3, 0.5, 30.0))
+        await asyncio.sleep(0.2)
+        gone = asyncio.create_task(batcher.submit(canvases[1], 0.3, 0.5, 30.0))
+        await asyncio.sleep(0.05)
+        gone.cancel()  # what the server does when the client disconnects
+        stalled.release.set()
+        await first
+        await batcher.drain_and_stop()
+        return stalled
+
+    assert [size for size, _, _ in asyncio.run(scenario()).calls] == [1]

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,8 +47,10 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {**os.environ, "DETECTOR_HOST": "127.0.0.1", "DETECTOR_PORT": str(self.port), **env}
+        # Logs go to a file: a pipe nobody reads would fill and stall the server.
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (read after the process ends)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [sys.executable, "-m", "service"], cwd=REPO, env=environment, stdout=self.log, stderr=subprocess.STDOUT
         )
 
     def wait_ready(self, timeout: float = 90.0) -> httpx.Client:
@@ -65,9 +68,8 @@ class ServerProcess:
         raise TimeoutError("the server did not become ready")
 
     def output(self) -> str:
-        if self.process.poll() is None:
-            return ""
-        return self.process.stdout.read() if self.process.stdout else ""
+        self.log.seek(0)
+        return self.log.read()
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint demo default-model bench clean
+.PHONY: setup serve test lint demo default-model bench deploy-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+DEPLOY_TOOLS := $(VENV)/.deploy-tools
+
+# Validators for tests/deploy: Debian's prometheus (promtool), hadolint, kubernetes-validate, the Compose schema.
+$(DEPLOY_TOOLS): deploy/install-test-tools.sh $(STAMP)
+	deploy/install-test-tools.sh $(VENV)
+	touch $(DEPLOY_TOOLS)
+
+deploy-tools: $(DEPLOY_TOOLS)
 
 # The service on the embedded default model, on port 8000 (DETECTOR_* variables configure it).
 serve: $(STAMP)
@@ -28,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP)
+test: $(STAMP) $(DEPLOY_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -47,4 +47,4 @@ fi
 
 promtool --version | head -n 1
 "$VENV/bin/hadolint" --version
-"$VENV/bin/python" -c "import check_jsonschema, jsonschema, kubernetes_validate, yaml; print('kubernetes-validate', kubernetes_validate.__version__ if hasattr(kubernetes_validate, '__version__') else 'ok')"
+"$VENV/bin/python" -m pip list 2>/dev/null | grep -iE '^(kubernetes-validate|check-jsonschema|jsonschema|pyyaml) '

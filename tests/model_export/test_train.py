@@ -104,3 +104,18 @@ def test_checkpoint_with_wrong_class_count_is_refused(small_dataset: Path, tmp_p
     )
     assert code == 2
     assert "8 classes" in capsys.readouterr().err
+
+
+def test_pretrained_weights_are_named_by_torchvision_enums(tmp_path: Path) -> None:
+    from model_export.checkpoint import load_pretrained, read_categories
+
+    with pytest.raises(CheckpointError, match=r"fasterrcnn_resnet50_fpn has no weights 'IMAGENET'.*COCO_V1"):
+        load_pretrained("fasterrcnn_resnet50_fpn", "IMAGENET", None, CANVAS)
+    with pytest.raises(CheckpointError, match="no torchvision pretrained weights for architecture 'fasterrcnn_compact_fpn'"):
+        load_pretrained(COMPACT_ARCH, "COCO_V1", None, CANVAS)
+    names = tmp_path / "names.json"
+    names.write_text('["cat", "dog"]')
+    assert read_categories(names) == ["__background__", "cat", "dog"]
+    names.write_text("")
+    with pytest.raises(CheckpointError, match="non-empty list of class names"):
+        read_categories(names)

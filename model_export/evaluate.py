@@ -42,9 +42,18 @@ class EvalReport:
     detections: int
     # pycocotools' precision array [IoU thresholds, recall points, classes, areas, max dets].
     precision: np.ndarray = field(repr=False)
+    # mAP@[.5:.95] by object area: small (< 32^2 px), medium, large (> 96^2 px); -1 where there are none.
+    by_area: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"map": self.map, "map50": self.map50, "per_class": self.per_class, "images": self.images, "detections": self.detections}
+        return {
+            "map": self.map,
+            "map50": self.map50,
+            "per_class": self.per_class,
+            "by_area": self.by_area,
+            "images": self.images,
+            "detections": self.detections,
+        }
 
 
 def _batches(records: Sequence[ImageRecord], size: int) -> Iterator[Sequence[ImageRecord]]:
@@ -90,7 +99,10 @@ def coco_metrics(dataset: CocoDataset, results: list[dict[str, Any]]) -> EvalRep
         evaluation.summarize()
     precision = evaluation.eval["precision"]
     per_class = {name: _mean_valid(precision[:, :, k, 0, -1]) for k, name in enumerate(names)}
-    return EvalReport(float(evaluation.stats[0]), float(evaluation.stats[1]), per_class, len(dataset.images), len(results), precision)
+    by_area = {area: round(float(evaluation.stats[i]), 4) for i, area in ((3, "small"), (4, "medium"), (5, "large"))}
+    return EvalReport(
+        float(evaluation.stats[0]), float(evaluation.stats[1]), per_class, len(dataset.images), len(results), precision, by_area
+    )
 
 
 def _mean_valid(values: np.ndarray) -> float:
@@ -103,6 +115,7 @@ def format_table(report: EvalReport) -> str:
     lines = [f"{'class':<20}{'AP':>8}", "-" * 28]
     lines += [f"{name:<20}{ap:>8.3f}" for name, ap in report.per_class.items()]
     lines += ["-" * 28, f"{'mAP@[.5:.95]':<20}{report.map:>8.3f}", f"{'mAP@.5':<20}{report.map50:>8.3f}"]
+    lines += [f"{'mAP ' + area:<20}{value:>8.3f}" for area, value in report.by_area.items()]
     lines.append(f"({report.images} images, {report.detections} detections)")
     return "\n".join(lines)
 

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from service.api import problems
 from service.api.middleware import RequestContextMiddleware
-from service.api.routes import detect, health, models
+from service.api.routes import detect, health, kserve, models
 from service.detector import Detector
 from service.manifest import read_manifest
 from service.metrics import Metrics
@@ -57,6 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.load_error = None
     problems.install(app)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
-    for module in (detect, health, models):
+    for module in (detect, health, models, kserve):
         app.include_router(module.router)
     return app

@@ -1,0 +1,163 @@
+"""The KServe v2 / Open Inference Protocol (/v2/...), so Triton and KServe clients work unchanged.
+
+The images of one infer request are submitted together, so they share batches
+with each other and with /detect requests. Errors are the protocol's
+``{"error": "..."}`` (400 for a request it refuses), not problem JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from service import kserve
+from service.api.body import read_limited
+from service.api.deps import DetectorDep
+from service.detector import Detector, DetectParams
+from service.errors import ModelNotFound, ServiceError
+from service.schemas import DetectResponse
+
+log = logging.getLogger(__name__)
+
+# The protocol refuses what it cannot take with 400; the other statuses keep their HTTP meaning.
+_AS_BAD_REQUEST = frozenset({415, 422})
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    status = 400 if error.status in _AS_BAD_REQUEST else error.status
+    return JSONResponse({"error": error.detail}, status_code=status, headers=error.headers)
+
+
+class ProtocolRoute(APIRoute):
+    """Answers this router's errors (its dependencies' included) as {"error": ...} instead of problem JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServiceError as error:
+                return error_response(error)
+            except RequestValidationError as error:
+                return JSONResponse({"error": str(error.errors())}, status_code=400)
+            except Exception:  # answered in the protocol's form; the problem handler would answer problem JSON
+                log.exception("unhandled error")
+                return JSONResponse({"error": "the server hit an unexpected error; see its logs"}, status_code=500)
+
+        return handle
+
+
+router = APIRouter(route_class=ProtocolRoute)
+
+
+def served_model(request: Request, detector: DetectorDep) -> Detector:
+    """The detector, if the path names its model ('default' too) and, when given, its version."""
+    name, version = request.path_params["name"], request.path_params.get("version")
+    manifest = detector.manifest
+    if name not in ("default", manifest.name):
+        raise ModelNotFound(f"unknown model {name!r}; this server serves {manifest.name!r} (also reachable as 'default')")
+    if version not in (None, "", manifest.version):
+        raise ModelNotFound(f"model {manifest.name!r} has no version {version!r}; it serves version {manifest.version!r}")
+    return detector
+
+
+ModelDep = Annotated[Detector, Depends(served_model)]
+
+
+@router.get("/v2")
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return kserve.server_metadata(request.app.version)
+
+
+@router.get("/v2/health/live")
+async def server_live(request: Request) -> Response:
+    """200 while the process can answer; 400 (the protocol's 'false') once loading the model has failed."""
+    failure = getattr(request.app.state, "load_error", None)
+    if failure is not None:
+        return JSONResponse({"error": f"loading the model failed: {failure}"}, status_code=400)
+    return Response(status_code=200)
+
+
+@router.get("/v2/health/ready")
+async def server_ready(request: Request) -> Response:
+    return _readiness(request)
+
+
+@router.get("/v2/models/{name}/ready")
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def model_ready(request: Request) -> Response:
+    """200 once the model is loaded and warmed up; 400 while loading and draining; 404 for another model."""
+    response = _readiness(request)
+    if response.status_code == 200:
+        served_model(request, request.app.state.detector)
+    return response
+
+
+def _readiness(request: Request) -> Response:
+    detector: Detector | None = getattr(request.app.state, "detector", None)
+    if detector is None or not detector.ready:
+        return JSONResponse({"error": "the model is loading, warming up or draining"}, status_code=400)
+    return Response(status_code=200)
+
+
+@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}/versions/{version}")
+async def model_metadata(detector: ModelDep) -> dict[str, Any]:
+    return kserve.model_metadata(detector.manifest, detector.engine.describe()["engine"])
+
+
+@router.get("/v2/models/{name}/config")
+@router.get("/v2/models/{name}/versions/{version}/config")
+async def model_config(detector: ModelDep) -> dict[str, Any]:
+    runtime = detector.engine.describe()
+    batching = kserve.Batching(
+        max_batch_size=detector.batcher.max_batch,
+        max_batch_wait_ms=detector.settings.max_batch_wait_ms,
+        max_queue=detector.settings.max_queue,
+        request_timeout_s=detector.settings.request_timeout_s,
+        gpu=runtime["provider"] != "CPUExecutionProvider",
+    )
+    return kserve.model_config(detector.manifest, runtime["engine"], batching)
+
+
+@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def infer(request: Request, detector: ModelDep) -> Response:
+    """Detects objects in a batch of encoded images; the outputs are in each image's pixels."""
+    limit = detector.settings.max_body_bytes
+    body = kserve.decompress(await read_limited(request, limit), request.headers.get("content-encoding"), limit)
+    parsed = kserve.parse_infer_request(body, request.headers.get(kserve.HEADER_LENGTH), detector.batcher.max_batch)
+    params = kserve.detect_params(parsed.parameters, detector.manifest.max_detections, detector.resolve_classes)
+    responses = await detect_all(detector, parsed.images, params)
+    request.state.batch_size = max(response.batch_size for response in responses)
+    content, header_length = kserve.encode_infer_response(detector.manifest, parsed, kserve.detection_tensors(responses))
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream", headers={kserve.HEADER_LENGTH: str(header_length)})
+
+
+async def detect_all(detector: Detector, images: list[bytes], params: DetectParams) -> list[DetectResponse]:
+    """Submits every image at once, so they batch together; the first failure cancels the rest and answers the request."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(detector.detect(image, params)) for image in images]
+    except BaseExceptionGroup as failures:
+        raise _first_service_error(failures) from None
+    return [task.result() for task in tasks]
+
+
+def _first_service_error(failures: BaseExceptionGroup) -> BaseException:
+    """The error to answer with: a ServiceError if any image failed with one, else the group (a server fault)."""
+    matched, _ = failures.split(ServiceError)
+    if matched is None:
+        return failures
+    first = matched.exceptions[0]
+    return _first_service_error(first) if isinstance(first, BaseExceptionGroup) else first

@@ -129,6 +129,8 @@ class BatchedFasterRCNN(nn.Module):
         # MultiScaleRoIAlign pools the maps it names that the backbone has (mobilenet's FPN has fewer than the default four).
         self.featmap_names = [name for name in pooled_names if name in feature_names]
         self.constants, anchors = self._constants(model, canvas, max_detections)
+        scales = self.constants.roi_scales
+        self.register_buffer("level_ratios", torch.tensor([scale / scales[0] for scale in scales]))
         for level, level_anchors in enumerate(anchors):
             self.register_buffer(f"anchors_{level}", level_anchors)
 
@@ -206,15 +208,35 @@ class BatchedFasterRCNN(nn.Module):
         size = torch.sqrt((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]))
         target = torch.floor(4 + torch.log2(size / 224) + torch.tensor(1e-6, dtype=size.dtype))
         target = torch.clamp(target, min=c.roi_k_min, max=c.roi_k_max).to(torch.int64) - c.roi_k_min
-        pooled = None
-        # Every level pools every box; each box keeps its own level's result (no data-dependent gather).
-        for level, (name, scale) in enumerate(zip(self.featmap_names, c.roi_scales, strict=False)):
-            level_pooled = roi_align(features[name], rois, batch_indices, scale, self.roi_output_size, self.roi_sampling_ratio)
-            here = (target == level)[:, None, None, None]
-            pooled = level_pooled if pooled is None else torch.where(here, level_pooled, pooled)
-        if pooled is None:
-            raise ValueError("the RoI pooler names no feature map")
+        # One RoiAlign for all levels, with no data-dependent gather: the levels are stacked along the
+        # batch axis (level-major), each padded to the largest level's size, and a box on level l is
+        # given in level-0 units (times the power of two s_l / s_0, which is exact) with batch index
+        # l * B + b. The padding repeats the edge: a box clipped to the canvas samples at most up to
+        # the level's last row and column, where torchvision clamps to the edge, and never beyond.
+        first = features[self.featmap_names[0]]
+        height, width = first.shape[-2], first.shape[-1]
+        stacked = torch.cat([self._pad_to(features[name], height, width) for name in self.featmap_names], dim=0)
+        to_level = self.get_buffer("level_ratios")[target]
+        pooled = roi_align(
+            stacked,
+            rois * to_level[:, None],
+            target * batch + batch_indices,
+            c.roi_scales[0],
+            self.roi_output_size,
+            self.roi_sampling_ratio,
+        )
         return self.box_predictor(self.box_head(pooled))
+
+    @staticmethod
+    def _pad_to(feature: Tensor, height: int, width: int) -> Tensor:
+        """Repeats the last column and row up to [..., height, width]: Slice, Expand and Concat, where an
+        edge-mode Pad is not sure to be imported natively by every TensorRT version."""
+        pad_h, pad_w = height - feature.shape[-2], width - feature.shape[-1]
+        if pad_w:
+            feature = torch.cat([feature, feature[..., -1:].expand(-1, -1, -1, pad_w)], dim=-1)
+        if pad_h:
+            feature = torch.cat([feature, feature[..., -1:, :].expand(-1, -1, pad_h, -1)], dim=-2)
+        return feature
 
     def detect(
         self,

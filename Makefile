@@ -54,10 +54,11 @@ default-model: $(STAMP)
 	$(BIN)/python -m model_export evaluate --data data/test --checkpoint models/default/model.pt --json models/default/eval.json --plot models/default/pr.png
 	$(BIN)/python -m model_export export --checkpoint models/default/model.pt --out models/default/package --name default --version 1
 
-# Benchmarks (not tests): run on an otherwise idle machine.
+# Benchmarks (not tests): the service vs the raw engine vs a naive eager server, into bench/results/.
+# Run on an otherwise idle machine: about 5 minutes on 2 CPU cores (at most 10); `python -m bench --quick` checks it in 2.
 bench: $(STAMP)
 	$(BIN)/python -m bench.export_speed
-	$(BIN)/python -m bench.service_throughput
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,37 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def memory_gb() -> float | None:
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    total = next((line for line in lines if line.startswith("MemTotal:")), None)
+    return round(int(total.split()[1]) / 1024**2, 1) if total else None
+
+
+def gpus() -> list[str]:
+    """The NVIDIA GPUs' names, as nvidia-smi reports them; none without it."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
+
+
+def versions(packages: tuple[str, ...] = ("torch", "torchvision", "fastapi", "uvicorn", "httpx", "pillow")) -> dict[str, str]:
+    """Installed versions, read from the package metadata (nothing is imported)."""
+    found = {}
+    for name in packages:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def describe() -> dict[str, Any]:
     import numpy
     import onnxruntime
@@ -26,9 +60,14 @@ def describe() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "memory_gb": memory_gb(),
+        "gpu": ", ".join(gpus()),
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "providers": onnxruntime.get_available_providers(),
         "numpy": numpy.__version__,
+        "versions": versions(),
         "platform": platform.platform(),
+        # Another busy process skews every figure: the load when the run began says whether one was there.
+        "load_average": [round(load, 2) for load in os.getloadavg()],
     }

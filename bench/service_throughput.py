@@ -12,45 +12,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-import numpy as np
-from PIL import Image
-
+from bench.images import write_images
+from bench.load import run_load_process
 from bench.machine import describe
-from model_export.synth import generate_image
+from bench.raw_engine import canvases as letterboxed
+from bench.servers import ServerProcess, ServerSpec
 from service.batcher import BatchPolicy, DynamicBatcher
 from service.engines.onnxruntime import OnnxRuntimeEngine
-from service.letterbox import letterbox
 from service.manifest import read_manifest
 from service.metrics import Metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
+TIME_LIMIT_S = 600.0
 
 
-def write_images(directory: Path, count: int) -> list[bytes]:
-    """Real-sized JPEGs (scenes at 1x to 2x the synthetic size), with and without objects."""
-    images = []
-    for index in range(count):
-        image, _ = generate_image(seed=4242, index=index, size_scale=1.0 + (index % 3) / 2, empty_fraction=0.2)
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=90)
-        (directory / f"{index:03d}.jpg").write_bytes(buffer.getvalue())
-        images.append(buffer.getvalue())
-    return images
-
-
-def raw_engine(engine: OnnxRuntimeEngine, canvases: list[np.ndarray], policy: BatchPolicy, clients: int, per_client: int) -> dict:
+def raw_engine(engine: OnnxRuntimeEngine, canvases: list, policy: BatchPolicy, clients: int, per_client: int) -> dict:
     async def scenario() -> float:
         batcher = DynamicBatcher(engine, policy, Metrics())
         batcher.start()
@@ -69,42 +52,9 @@ def raw_engine(engine: OnnxRuntimeEngine, canvases: list[np.ndarray], policy: Ba
     return {"images_per_s": round(clients * per_client / elapsed, 2), "seconds": round(elapsed, 3)}
 
 
-def start_service(package: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
-    environment = {
-        **os.environ,
-        "DETECTOR_MODEL_DIR": str(package),
-        "DETECTOR_PORT": str(port),
-        "DETECTOR_HOST": "127.0.0.1",
-        "DETECTOR_LOG_LEVEL": "warning",
-        **env,
-    }
-    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=environment)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the service did not become ready")
-
-
-def run_service_load(port: int, images_dir: Path, clients: int, per_client: int) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "bench.load",
-        "--url",
-        f"http://127.0.0.1:{port}",
-        "--clients",
-        str(clients),
-        "--requests",
-        str(per_client),
-        "--images",
-        str(images_dir),
-    ]
-    return json.loads(subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout)
+def service_spec(package: Path, env: dict[str, str]) -> ServerSpec:
+    environment = {"DETECTOR_MODEL_DIR": str(package), "DETECTOR_HOST": "127.0.0.1", "DETECTOR_LOG_LEVEL": "warning", **env}
+    return ServerSpec(name="service", label="service", module="service", env=environment, metrics_path="/metrics", port_env="DETECTOR_PORT")
 
 
 def main() -> None:
@@ -129,22 +79,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         images_dir = Path(scratch)
         images = write_images(images_dir, 24)
-        canvases = [letterbox(Image.open(io.BytesIO(data)).convert("RGB"), manifest.canvas)[0] for data in images]
+        canvases = list(letterboxed(images.bodies, manifest.canvas))
         engine = OnnxRuntimeEngine(args.package, manifest, intra_op_threads=args.threads)
         raw_engine(engine, canvases, policy, args.clients, 2)  # warm-up
-        port = 8765
-        service = start_service(args.package, port, env)
-        try:
-            run_service_load(port, images_dir, args.clients, 2)  # warm-up
+        with ServerProcess(service_spec(args.package, env)) as service:
+            run_load_process(service.url, images_dir, args.clients, 2, TIME_LIMIT_S, 0.0)  # warm-up
             raw_runs, service_runs = [], []
             for _ in range(args.rounds):
                 raw_runs.append(raw_engine(engine, canvases, policy, args.clients, args.requests))
-                service_runs.append(run_service_load(port, images_dir, args.clients, args.requests))
+                service_runs.append(run_load_process(service.url, images_dir, args.clients, args.requests, TIME_LIMIT_S, 0.0).model_dump())
                 print(raw_runs[-1], service_runs[-1], flush=True)
-            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        finally:
-            service.terminate()
-            service.wait(timeout=60)
+            metrics = service.metrics() or ""
     raw = statistics.median(r["images_per_s"] for r in raw_runs)
     served = statistics.median(r["images_per_s"] for r in service_runs)
     batch_lines = [line for line in metrics.splitlines() if line.startswith("detector_batch_size_")]

@@ -1,0 +1,88 @@
+"""What one benchmark run measures: the load plan, the systems' settings, and the full and quick profiles."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class BenchError(ValueError):
+    """A benchmark that cannot run as asked; the message names the option or file at fault."""
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """Client counts, and a fixed number of requests per client at each: ``requests_per_level`` spread over the
+    clients, at least ``min_requests_per_client`` each.
+
+    A safety net keeps a slow system from stretching the run: after ``level_time_limit_s`` the clients send
+    nothing new, and requests still unanswered ``level_grace_s`` later are abandoned; the level says so.
+    """
+
+    clients: tuple[int, ...] = (1, 4, 16, 64)
+    requests_per_level: int = 240
+    min_requests_per_client: int = 6
+    level_time_limit_s: float = 30.0
+    level_grace_s: float = 15.0
+
+    def requests_per_client(self, clients: int) -> int:
+        return max(self.min_requests_per_client, math.ceil(self.requests_per_level / clients))
+
+
+# A full run sends 1,104 requests to each system (240, 240, 240 and 384 at 1, 4, 16 and 64 clients): at the
+# 20 to 40 images/s expected on 2 idle cores, about a minute per system and 4 to 5 minutes in all, within 10.
+FULL_PLAN = LoadPlan()
+QUICK_PLAN = LoadPlan(requests_per_level=16, min_requests_per_client=1, level_time_limit_s=10.0, level_grace_s=10.0)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    checkpoint: Path = REPO / "models" / "default" / "model.pt"
+    package: Path = REPO / "models" / "default" / "package"
+    out: Path = REPO / "bench" / "results"
+    quick: bool = False
+    devices: tuple[str, ...] = ("cpu",)
+    plan: LoadPlan = field(default_factory=LoadPlan)
+    # The fixed set of JPEGs, and the raw engine's batch sizes and images per batch size.
+    image_count: int = 24
+    raw_batches: tuple[int, ...] = (1, 4, 8, 16)
+    raw_images: int = 64
+    # The service's batching (its defaults), and the threads every system gets (0: each library's default).
+    max_batch_size: int = 8
+    max_batch_wait_ms: float = 5.0
+    max_queue: int = 64
+    threads: int = 0
+    naive_threads: int | None = None  # None: ``threads``
+    # On a GPU: the ONNX Runtime providers for the service and the raw engine, or a prebuilt TensorRT engine.
+    gpu_providers: str = "cuda,cpu"
+    gpu_engine: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint.is_file():
+            raise BenchError(
+                f"--checkpoint {self.checkpoint}: no such file (train the default model with `make default-model`, or pass one)"
+            )
+        if not (self.package / "model.json").is_file():
+            raise BenchError(
+                f"--package {self.package}: not a model package (no model.json); export one with `python -m model_export export`"
+            )
+        if not self.plan.clients or min(self.plan.clients) < 1:
+            raise BenchError(f"--clients should be positive numbers, got {self.plan.clients}")
+        if self.plan.requests_per_level < 1:
+            raise BenchError(f"--requests should be at least 1, got {self.plan.requests_per_level}")
+        if self.max_batch_size < 1 or self.threads < 0 or (self.naive_threads or 0) < 0 or self.image_count < 1:
+            raise BenchError(
+                f"--max-batch-size ({self.max_batch_size}) and the image count ({self.image_count}) should be at least 1, --threads ({self.threads}) and --naive-threads at least 0"
+            )
+
+    def as_json(self) -> dict[str, Any]:
+        return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+
+
+def quick_overrides() -> dict[str, Any]:
+    """What --quick changes: fewer requests, images and raw runs (a check that everything works, not figures to publish)."""
+    return {"plan": QUICK_PLAN, "image_count": 8, "raw_images": 16, "out": REPO / "bench" / "results" / "quick"}

@@ -1,0 +1,79 @@
+"""PNG plots per device: throughput vs clients and p99 latency vs clients, one line per system."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+from bench.figures import DeviceResult, LoadResult
+
+STYLE = {"service_batching": "o-", "service_unbatched": "s-", "naive": "^-"}
+
+
+def _series(device: DeviceResult, name: str, figure: str) -> tuple[list[int], list[float]]:
+    system = device.system(name)
+    loads: list[LoadResult] = [level.load for level in system.levels] if system else []
+    if figure == "throughput":
+        return [load.clients for load in loads], [load.images_per_s for load in loads]
+    points = [(load.clients, load.latency_ms.p99) for load in loads if load.latency_ms]
+    return [c for c, _ in points], [p for _, p in points]
+
+
+def _draw_raw_engine(axes: Axes, device: DeviceResult) -> None:
+    """The ceilings the services are held against: the raw engine at batch 1 and at the service's max batch."""
+    for raw, style in ((device.raw(1), ":"), (device.raw(device.service_max_batch), "--")):
+        if raw is not None:
+            axes.axhline(raw.images_per_s, linestyle=style, linewidth=1, color="grey", label=f"raw engine, batch {raw.batch} (no HTTP)")
+
+
+def _mark_incomplete(axes: Axes, device: DeviceResult, figure: str) -> None:
+    """Levels cut short by their time limit carry a note: fewer requests than planned."""
+    for system in device.systems:
+        for level in system.levels:
+            load = level.load
+            value = load.images_per_s if figure == "throughput" else (load.latency_ms.p99 if load.latency_ms else None)
+            if not load.complete and value is not None:
+                axes.annotate("time limit", (load.clients, value), textcoords="offset points", xytext=(4, 4), fontsize=7, color="red")
+
+
+def _draw(axes: Axes, device: DeviceResult, figure: str) -> None:
+    clients: set[int] = set()
+    for system in device.systems:
+        xs, values = _series(device, system.name, figure)
+        clients |= set(xs)
+        if xs:
+            axes.plot(xs, values, STYLE.get(system.name, "o-"), label=system.label)
+    _mark_incomplete(axes, device, figure)
+    if figure == "throughput":
+        _draw_raw_engine(axes, device)
+        axes.set_ylim(bottom=0)
+    else:
+        axes.set_yscale("log")
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(sorted(clients), [str(c) for c in sorted(clients)])
+    axes.set_xlabel("concurrent clients")
+    axes.set_ylabel("images/s" if figure == "throughput" else "p99 latency (ms)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+
+
+def plot_device(device: DeviceResult, out: Path, quick: bool = False, prefix: str = "bench") -> list[Path]:
+    """Writes <prefix>-<device>-throughput.png and <prefix>-<device>-p99.png into ``out``; returns their paths."""
+    titles = {"throughput": "Throughput vs concurrent clients", "p99": "p99 latency vs concurrent clients"}
+    written = []
+    for figure, title in titles.items():
+        fig, axes = plt.subplots(figsize=(7, 4.5))
+        _draw(axes, device, figure)
+        axes.set_title(f"{title} ({device.device.upper()}{', quick run' if quick else ''})")
+        path = out / f"{prefix}-{device.device}-{figure}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

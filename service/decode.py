@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLarge, InvalidImage
+from service.letterbox import fit_scale
 
 # Formats a camera, a browser or an image library would send; everything else is refused.
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
+ORIENTATION = 0x0112  # the EXIF tag
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int, fit: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """Decodes an image to RGB with its EXIF orientation applied.
+
+    Returns the image and its full size (width, height), upright. With ``fit``
+    (a canvas [H, W]), a JPEG much larger than the canvas is decoded at a
+    reduced scale (libjpeg's DCT scaling, 1/2 to 1/8) that still covers the
+    canvas, which costs a fraction of a full decode; the returned image is
+    then smaller than the full size.
 
     Raises InvalidImage for bytes that are not a whole image of an accepted
     format, ImageTooLarge when its width x height exceeds ``max_pixels``. The
@@ -40,9 +49,14 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise InvalidImage(f"the image is {width}x{height}")
     try:
+        turned = image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+        full_size = (height, width) if turned else (width, height)
+        if fit is not None and image.format in ("JPEG", "MPO"):
+            scale = fit_scale(*full_size, fit)
+            image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         image.load()
         upright = ImageOps.exif_transpose(image) or image
-        return upright.convert("RGB")
+        return upright.convert("RGB"), full_size
     except Image.DecompressionBombError as error:
         raise ImageTooLarge(f"the image is too large to decode: {error}") from error
     except (OSError, ValueError, SyntaxError) as error:

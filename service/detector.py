@@ -15,7 +15,7 @@ from service.batcher import BatchPolicy, BatchResult, DynamicBatcher
 from service.decode import decode_image
 from service.engines import Engine, create_engine
 from service.errors import InvalidParameter, NotReady
-from service.letterbox import Letterbox, letterbox
+from service.letterbox import Letterbox, fit_scale, letterbox
 from service.manifest import ModelManifest, read_manifest
 from service.metrics import Metrics
 from service.schemas import Box, Detection, DetectResponse, ImageSize, ModelRef, Timing
@@ -130,8 +130,10 @@ class Detector:
         )
 
     def _prepare(self, data: bytes) -> tuple[np.ndarray, Letterbox]:
-        image = decode_image(data, self.settings.max_image_pixels)
-        return letterbox(image, self.manifest.canvas)
+        image, (width, height) = decode_image(data, self.settings.max_image_pixels, fit=self.manifest.canvas)
+        canvas, _ = letterbox(image, self.manifest.canvas)
+        # Boxes map back to the full-size image, whatever scale the decoder chose.
+        return canvas, Letterbox(width, height, fit_scale(width, height, self.manifest.canvas))
 
     def _to_image(self, result: BatchResult, placement: Letterbox, params: DetectParams) -> list[Detection]:
         rows = result.detections

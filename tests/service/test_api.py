@@ -229,3 +229,13 @@ def test_health_answers_while_the_model_is_busy(client: TestClient, scene_images
     finally:
         stalled.release.set()
         worker.join(30)
+
+
+def test_a_deadline_in_the_header_is_honoured(client: TestClient, scene_images: list[bytes]) -> None:
+    ok = client.post("/detect", content=scene_images[0], headers={"Content-Type": "image/jpeg", "X-Request-Timeout": "30"})
+    assert ok.status_code == 200
+    late = client.post("/detect", content=scene_images[0], headers={"Content-Type": "image/jpeg", "X-Request-Timeout": "0.000001"})
+    _assert_problem(late, 504)
+    _assert_problem(
+        client.post("/detect", content=scene_images[0], headers={"Content-Type": "image/jpeg", "X-Request-Timeout": "soon"}), 422
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 
 from service.api.body import read_image
 from service.api.deps import DetectorDep
@@ -29,6 +29,7 @@ async def detect(
     max_detections: Annotated[int | None, Query(ge=1)] = None,
     classes: Annotated[str | None, Query(description="comma-separated class names to keep")] = None,
     timeout_ms: Annotated[int | None, Query(ge=1, description="a deadline shorter than the server's")] = None,
+    x_request_timeout: Annotated[float | None, Header(gt=0, allow_inf_nan=False, description="the same deadline, in seconds")] = None,
 ) -> DetectResponse:
     """Detects objects in one image, sent as the raw body (image/jpeg, image/png, ...) or as multipart field `image`."""
     if max_detections is not None and max_detections > detector.manifest.max_detections:
@@ -38,7 +39,7 @@ async def detect(
         iou_threshold=iou_threshold,
         max_detections=max_detections,
         classes=detector.resolve_classes([c.strip() for c in classes.split(",") if c.strip()]) if classes is not None else None,
-        timeout_s=timeout_ms / 1000 if timeout_ms is not None else None,
+        timeout_s=timeout_ms / 1000 if timeout_ms is not None else x_request_timeout,
     )
     data = await read_image(request, detector.settings.max_body_bytes)
     response = await detector.detect(data, params)

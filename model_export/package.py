@@ -60,27 +60,22 @@ class OnnxPredictor:
     threads: int = 0  # 0: ONNX Runtime's default
 
     def __post_init__(self) -> None:
-        import onnxruntime as ort
+        # The service's engine: one place builds the session and feeds the graph.
+        from service.engines.onnxruntime import OnnxRuntimeEngine
+        from service.manifest import ModelManifest
 
         self.manifest = read_manifest(self.package)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        self.session = ort.InferenceSession(str(Path(self.package) / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self.engine = OnnxRuntimeEngine(self.package, ModelManifest.model_validate(self.manifest), ["cpu"], self.threads)
         if self.iou_threshold is None:
             self.iou_threshold = float(self.manifest["iou_threshold"])
 
     def run(self, canvases: np.ndarray, score_threshold: float, iou_threshold: float) -> list[Detections]:
-        max_batch = int(self.manifest["max_batch"])
         results: list[Detections] = []
-        for start in range(0, len(canvases), max_batch):
-            feed = {
-                "images": np.ascontiguousarray(canvases[start : start + max_batch]),
-                "score_threshold": np.array(score_threshold, dtype=np.float32),
-                "iou_threshold": np.array(iou_threshold, dtype=np.float32),
-            }
-            counts, boxes, scores, labels = self.session.run(None, feed)
-            results += [Detections(boxes[i, :n], scores[i, :n], labels[i, :n]) for i, n in enumerate(counts)]
+        for start in range(0, len(canvases), self.engine.max_batch):
+            out = self.engine.run(canvases[start : start + self.engine.max_batch], score_threshold, iou_threshold)
+            results += [Detections(out.boxes[i, :n], out.scores[i, :n], out.labels[i, :n]) for i, n in enumerate(out.num_detections)]
         return results
 
     def __call__(self, canvases: np.ndarray) -> list[Detections]:
-        return self.run(canvases, self.score_threshold, float(self.iou_threshold or 0.5))
+        iou = self.iou_threshold if self.iou_threshold is not None else float(self.manifest["iou_threshold"])
+        return self.run(canvases, self.score_threshold, iou)

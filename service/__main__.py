@@ -61,6 +61,11 @@ def main() -> int:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        # Limits before any of our code runs: connections (503 beyond), header size (400 beyond), idle keep-alive.
+        limit_concurrency=settings.max_connections,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=int(settings.keep_alive_s),
+        http="h11",
     )
     server = DrainingServer(config, app)
     # uvicorn re-raises the stop signal after its graceful shutdown, to the handler it found at start;

@@ -28,6 +28,16 @@ class InvalidImage(ServiceError):
     status, title, type = 422, "Invalid Image", "/problems/invalid-image"
 
 
+class RequestTimeout(ServiceError):
+    status, title, type = 408, "Request Timeout", "/problems/request-timeout"
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}
+
+
+class Unauthorized(ServiceError):
+    status, title, type = 401, "Unauthorized", "/problems/unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="detector"'}
+
+
 class ImageTooLarge(ServiceError):
     status, title, type = 413, "Image Too Large", "/problems/image-too-large"
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "DETECTOR_"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default" / "package"
 
+MIN_API_KEY_LENGTH = 16
+SECRET_FIELDS = frozenset({"api_keys"})
 Provider = Literal["tensorrt", "cuda", "cpu"]
 
 
@@ -36,6 +38,19 @@ class Settings(BaseSettings):
     max_body_bytes: PositiveInt = 20 * 1024 * 1024
     max_image_pixels: PositiveInt = 40_000_000
     decode_threads: PositiveInt = 2
+    body_timeout_s: PositiveFloat = Field(30.0, description="time a client has to send its whole body; then 408")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line + headers; larger ones are refused")
+    max_connections: PositiveInt = Field(512, description="open connections at most; beyond, 503 before any parsing")
+    keep_alive_s: PositiveFloat = Field(5.0, description="idle keep-alive connections close after this")
+
+    # Faults
+    unhealthy_after_failures: PositiveInt = Field(3, description="consecutive failed batches that turn readiness false")
+    recovery_probe_s: PositiveFloat = Field(5.0, description="while unhealthy, a probe batch runs this often")
+
+    # Access
+    api_keys: SecretStr = Field(SecretStr(""), description="comma-separated API keys; empty: no authentication")
+    protect_health: bool = Field(False, description="whether /health/* and /metrics need a key too")
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS ('*' for any); empty: CORS off")
 
     # Server
     host: str = "0.0.0.0"
@@ -62,10 +77,31 @@ class Settings(BaseSettings):
             raise ValueError(f"should be 'auto' or a comma-separated list of tensorrt, cuda, cpu; got {value!r}")
         return ",".join(names)
 
+    @field_validator("api_keys")
+    @classmethod
+    def _long_enough_keys(cls, value: SecretStr) -> SecretStr:
+        short = [key for key in _split(value.get_secret_value()) if len(key) < MIN_API_KEY_LENGTH]
+        if short:
+            # The value is a secret: say how many are short, never which.
+            raise ValueError(f"{len(short)} key(s) shorter than {MIN_API_KEY_LENGTH} characters")
+        return value
+
+    @property
+    def api_key_list(self) -> list[bytes]:
+        return [key.encode() for key in _split(self.api_keys.get_secret_value())]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _split(self.cors_origins)
+
     @property
     def provider_list(self) -> list[Provider] | None:
         """The providers asked for, in order; None for 'auto'."""
         return None if self.providers == "auto" else [name for name in self.providers.split(",")]  # type: ignore[misc]
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 class SettingsError(ValueError):
@@ -77,7 +113,10 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
-        problems = [
-            f"{ENV_PREFIX}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']} (got {e.get('input')!r})" for e in error.errors()
-        ]
+        problems = [f"{ENV_PREFIX}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']} ({_shown(e)})" for e in error.errors()]
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
+
+
+def _shown(error: Any) -> str:
+    # Secrets never reach a log or a terminal, not even in an error message.
+    return "value hidden" if error["loc"][0] in SECRET_FIELDS else f"got {error.get('input')!r}"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from service.errors import BadRequest, BodyTooLarge, InvalidParameter, UnsupportedMediaType
+from service.errors import BadRequest, BodyTooLarge, InvalidParameter, RequestTimeout, UnsupportedMediaType
 
 IMAGE_MEDIA_TYPES = frozenset(
     {
@@ -25,7 +26,16 @@ IMAGE_MEDIA_TYPES = frozenset(
 )
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
+async def read_limited(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most ``limit`` bytes, received within ``timeout_s`` (a trickling client gets 408)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"the body was not received within {timeout_s:g} s") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -41,13 +51,13 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_image(request: Request, limit: int) -> bytes:
+async def read_image(request: Request, limit: int, timeout_s: float) -> bytes:
     """The image bytes of a /detect request."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
-        data = await _multipart_image(request, await read_limited(request, limit), limit)
+        data = await _multipart_image(request, await read_limited(request, limit, timeout_s), limit)
     elif media_type in IMAGE_MEDIA_TYPES:
-        data = await read_limited(request, limit)
+        data = await read_limited(request, limit, timeout_s)
     else:
         raise UnsupportedMediaType(_unsupported(media_type))
     if not data:

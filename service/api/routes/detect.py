@@ -41,7 +41,7 @@ async def detect(
         classes=detector.resolve_classes([c.strip() for c in classes.split(",") if c.strip()]) if classes is not None else None,
         timeout_s=timeout_ms / 1000 if timeout_ms is not None else x_request_timeout,
     )
-    data = await read_image(request, detector.settings.max_body_bytes)
+    data = await read_image(request, detector.settings.max_body_bytes, detector.settings.body_timeout_s)
     response = await detector.detect(data, params)
     request.state.batch_size = response.batch_size
     return response

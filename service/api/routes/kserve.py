@@ -133,7 +133,9 @@ async def model_config(detector: ModelDep) -> dict[str, Any]:
 async def infer(request: Request, detector: ModelDep) -> Response:
     """Detects objects in a batch of encoded images; the outputs are in each image's pixels."""
     limit = detector.settings.max_body_bytes
-    body = kserve.decompress(await read_limited(request, limit), request.headers.get("content-encoding"), limit)
+    body = kserve.decompress(
+        await read_limited(request, limit, detector.settings.body_timeout_s), request.headers.get("content-encoding"), limit
+    )
     parsed = kserve.parse_infer_request(body, request.headers.get(kserve.HEADER_LENGTH), detector.batcher.max_batch)
     params = kserve.detect_params(parsed.parameters, detector.manifest.max_detections, detector.resolve_classes)
     responses = await detect_all(detector, parsed.images, params)

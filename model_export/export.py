@@ -25,11 +25,12 @@ from model_export.checkpoint import LoadedModel
 from model_export.evaluate import Detections, eager_predictor
 from model_export.export_graph import BatchedFasterRCNN
 from model_export.onnx_ops import translation_table
-from model_export.package import MANIFEST_FILE, ONNX_FILE, OnnxPredictor, io_spec, sha256_of
+from model_export.package import MANIFEST_FILE, ONNX_FILE, OnnxPredictor, io_spec
 from model_export.parity import ParityReport, compare_detections
 from model_export.synth import generate_image
 from model_export.tensorrt_ops import check_graph
 from service.letterbox import PAD_VALUE, letterbox
+from service.manifest import sha256_of
 
 
 class ExportError(RuntimeError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +32,6 @@ def io_spec(canvas: tuple[int, int], max_detections: int) -> tuple[list[dict[str
     sizes = {"H": canvas[0], "W": canvas[1], "K": max_detections}
     fill = lambda specs: [{**s, "shape": [sizes.get(d, d) if isinstance(d, str) else d for d in s["shape"]]} for s in specs]  # noqa: E731
     return fill(INPUTS), fill(OUTPUTS)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(package: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from service import logs
 from service.main import create_app
-from service.manifest import PackageError
+from service.manifest import PackageError, read_manifest
 from service.settings import Settings, SettingsError, load_settings
 
 
@@ -46,7 +46,8 @@ def main() -> int:
     try:
         settings = load_settings()
         check_runtime(settings)
-    except SettingsError as error:
+        read_manifest(settings.model_dir)  # a broken manifest stops here with one clear line
+    except (SettingsError, PackageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
@@ -68,14 +69,14 @@ def main() -> int:
         http="h11",
     )
     server = DrainingServer(config, app)
+    app.state.on_load_failure = lambda: setattr(server, "should_exit", True)
     # uvicorn re-raises the stop signal after its graceful shutdown, to the handler it found at start;
     # with this one, a drained stop ends the process with 0, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
-        server.run()
-    except PackageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    server.run()
+    if app.state.load_error is not None:
+        print(f"error: the model could not be loaded: {app.state.load_error}", file=sys.stderr)
+        return 3
     return 0 if server.started else 1
 
 

@@ -98,6 +98,7 @@ class DynamicBatcher:
         self._consumer: asyncio.Task[None] | None = None
         self._accepting = False
         self._stopping = False
+        self.consecutive_failures = 0  # failed batches since the last good one; the detector's health reads it
 
     # Lifecycle
 
@@ -209,11 +210,14 @@ class DynamicBatcher:
                 raise InferenceFailed(f"the engine returned {len(output)} results for a batch of {len(batch)}")
         except Exception as error:  # one failing batch fails its requests; the server goes on
             log.exception("inference failed for a batch of %d", len(batch))
+            self.consecutive_failures += 1
+            self.metrics.inference_failures.inc()
             failure = error if isinstance(error, InferenceFailed) else InferenceFailed(f"inference failed: {type(error).__name__}")
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(failure)
             return
+        self.consecutive_failures = 0
         inference_s = self.clock() - started
         self.metrics.inference_duration.observe(inference_s)
         self.metrics.batch_size.observe(len(batch))

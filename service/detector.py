@@ -14,9 +14,9 @@ import numpy as np
 from service.batcher import BatchPolicy, BatchResult, DynamicBatcher
 from service.decode import decode_image
 from service.engines import Engine, create_engine
-from service.errors import InvalidParameter, NotReady
+from service.errors import InvalidParameter, NotReady, ServiceError
 from service.letterbox import Letterbox, fit_scale, letterbox
-from service.manifest import ModelManifest, read_manifest
+from service.manifest import ModelManifest, read_manifest, verify_graph_file
 from service.metrics import Metrics
 from service.schemas import Box, Detection, DetectResponse, ImageSize, ModelRef, Timing
 from service.settings import Settings
@@ -45,14 +45,18 @@ class Detector:
         self.metrics = metrics
         self.batcher = DynamicBatcher(engine, BatchPolicy(settings.max_batch_size, settings.max_batch_wait_ms, settings.max_queue), metrics)
         self._decoders = concurrent.futures.ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
-        self._ready = False  # what /health/ready reports: false while loading and once draining
+        self._ready = False  # false while loading and once draining
         self._serving = False  # whether /detect is served: through the drain, until close()
+        self._probe: asyncio.Task[None] | None = None
         self.class_ids = {name: label for label, name in enumerate(manifest.categories) if label > 0}
+        # Read at each scrape, so that the gauge never disagrees with /health/ready.
+        metrics.ready.set_function(lambda: float(self.ready))
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Detector:
         """Reads the package and builds the engine (slow: call it off the event loop)."""
         manifest = read_manifest(settings.model_dir)
+        verify_graph_file(settings.model_dir, manifest)
         engine = create_engine(settings, manifest)
         return cls(settings, manifest, engine, metrics)
 
@@ -61,29 +65,53 @@ class Detector:
         self.batcher.start()
         if self.settings.warmup:
             started = time.monotonic()
-            blank = np.full((*self.manifest.canvas, 3), 114, dtype=np.uint8)
-            await asyncio.gather(
-                *(self.batcher.submit(blank, 0.5, self.manifest.iou_threshold, 120.0) for _ in range(self.batcher.max_batch))
-            )
+            await asyncio.gather(*(self._run_blank(120.0) for _ in range(self.batcher.max_batch)))
             log.info("warm-up done", extra={"seconds": round(time.monotonic() - started, 3), "batch": self.batcher.max_batch})
         self._ready = self._serving = True
-        self.metrics.ready.set(1)
+        self._probe = asyncio.create_task(self._probe_while_unhealthy(), name="recovery-probe")
         self.metrics.model_info.labels(self.manifest.name, self.manifest.version, self.engine.describe()["provider"]).set(1)
+
+    async def _run_blank(self, timeout_s: float) -> None:
+        blank = np.full((*self.manifest.canvas, 3), 114, dtype=np.uint8)
+        await self.batcher.submit(blank, 0.5, self.manifest.iou_threshold, timeout_s)
+
+    async def _probe_while_unhealthy(self) -> None:
+        """An unready server gets no traffic, so no batch could prove it well again: a blank probe does."""
+        while True:
+            await asyncio.sleep(self.settings.recovery_probe_s)
+            if self.healthy:
+                continue
+            try:
+                await self._run_blank(self.settings.request_timeout_s)
+                log.warning("a probe batch succeeded; the engine is healthy again")
+            except ServiceError as error:
+                log.warning("a probe batch failed: %s", error.detail)
+
+    @property
+    def healthy(self) -> bool:
+        return self.batcher.consecutive_failures < self.settings.unhealthy_after_failures
 
     def begin_drain(self) -> None:
         """Readiness turns false at once (the load balancer stops sending); requests already here are still served."""
         self._ready = False
-        self.metrics.ready.set(0)
 
     async def close(self) -> None:
         self.begin_drain()
         self._serving = False
+        if self._probe is not None:
+            self._probe.cancel()
         await self.batcher.drain_and_stop()
         self._decoders.shutdown(wait=True)
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        """What /health/ready reports: loaded, warmed up, not draining, and the last batches did not all fail."""
+        return self._ready and self.healthy
+
+    def unready_reason(self) -> str:
+        if self._ready and not self.healthy:
+            return f"the last {self.batcher.consecutive_failures} batches failed in the engine; a probe retries every {self.settings.recovery_probe_s:g} s"
+        return "the model is loading, warming up or draining"
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -6,10 +6,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 
 from service.api import problems
+from service.api.auth import DOCS_PATHS, HEALTH_PATHS, ApiKeyMiddleware
 from service.api.middleware import RequestContextMiddleware
 from service.api.routes import detect, health, kserve, models
 from service.detector import Detector
@@ -31,6 +35,8 @@ async def _load(app: FastAPI) -> None:
     except Exception as error:
         app.state.load_error = f"{type(error).__name__}: {error}"
         log.exception("loading the model failed")
+        if app.state.on_load_failure is not None:
+            app.state.on_load_failure()  # never "ready" with a broken model: the process stops
 
 
 @asynccontextmanager
@@ -55,8 +61,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.detector = None
     app.state.load_error = None
+    app.state.on_load_failure = None  # python -m service stops the server here
     problems.install(app)
+    # The last added runs first: request context (IDs, logs, metrics) sees every answer, CORS answers
+    # preflights before the key check, and the key check runs before any route reads the body.
+    if settings.api_key_list:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list, protect_health=settings.protect_health)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "X-Request-Timeout"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     for module in (detect, health, models, kserve):
         app.include_router(module.router)
+    if settings.api_key_list:
+        document_api_keys(app, protect_health=settings.protect_health)
     return app
+
+
+def document_api_keys(app: FastAPI, protect_health: bool) -> None:
+    """Adds the two ways to send a key, and the 401 answer, to the OpenAPI description of protected routes."""
+    open_paths = DOCS_PATHS if protect_health else DOCS_PATHS | HEALTH_PATHS
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            for path, operations in schema["paths"].items():
+                if path in open_paths:
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                    operation.setdefault("responses", {})["401"] = {
+                        "description": "Unauthorized: no API key, or a wrong one",
+                        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                    }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

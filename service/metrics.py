@@ -27,6 +27,7 @@ class Metrics:
         self.in_flight = Gauge("detector_requests_in_flight", "HTTP requests being handled", registry=r)
         self.queue_depth = Gauge("detector_queue_depth", "Requests waiting for a batch", registry=r)
         self.rejected = Counter("detector_rejected", "Requests refused or dropped, by reason", ["reason"], registry=r)
+        self.inference_failures = Counter("detector_inference_failures", "Batches whose graph run failed", registry=r)
         self.images = Counter("detector_images", "Images run through the model", registry=r)
         self.detections = Counter("detector_detections", "Detections returned", registry=r)
         self.ready = Gauge("detector_ready", "1 when the model is loaded, warmed up and not draining", registry=r)

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.engines.base import BatchOutput
-from service.manifest import ModelManifest
+from service.manifest import ModelManifest, PackageError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,26 @@ def provider_options(provider: str, fp16: bool, cache_dir: Path | None) -> dict[
     return {}
 
 
+ONNX_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64"}
+
+
+def check_signature(session: ort.InferenceSession, manifest: ModelManifest, path: Path) -> None:
+    """The graph's inputs and outputs must be the manifest's: names, element types and fixed dimensions."""
+    for kind, declared, actual in (("input", manifest.inputs, session.get_inputs()), ("output", manifest.outputs, session.get_outputs())):
+        found = {node.name: node for node in actual}
+        for spec in declared:
+            node = found.get(spec.name)
+            if node is None:
+                raise PackageError(f"{path}: the manifest's {kind} {spec.name!r} is not in the graph (it has {sorted(found)})")
+            dtype = ONNX_TYPES.get(node.type, node.type)
+            fixed = [d if isinstance(d, int) else None for d in spec.shape]
+            shape = [d if isinstance(d, int) else None for d in node.shape]
+            if dtype != spec.dtype or shape != fixed:
+                raise PackageError(
+                    f"{path}: {kind} {spec.name!r} is {dtype} {node.shape} in the graph but {spec.dtype} {spec.shape} in the manifest"
+                )
+
+
 class OnnxRuntimeEngine:
     def __init__(
         self,
@@ -62,11 +82,14 @@ class OnnxRuntimeEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle inference threads sleep instead of spinning: the decode threads share these cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(Path(package) / manifest.onnx_file),
-            options,
-            providers=[(name, provider_options(name, trt_fp16, trt_cache_dir)) for name in chosen],
-        )
+        path = Path(package) / manifest.onnx_file
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=[(name, provider_options(name, trt_fp16, trt_cache_dir)) for name in chosen]
+            )
+        except Exception as error:  # onnxruntime raises its own types for a broken protobuf or graph
+            raise PackageError(f"{path}: ONNX Runtime cannot load this graph: {error}") from error
+        check_signature(self.session, manifest, path)
         self.providers = self.session.get_providers()
         self.intra_op_threads = intra_op_threads
         log.info("onnxruntime session ready", extra={"providers": self.providers})

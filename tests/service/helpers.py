@@ -43,8 +43,8 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m service`` in its own process, on a free loopback port."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {**os.environ, "DETECTOR_HOST": "127.0.0.1", "DETECTOR_PORT": str(self.port), **env}
         # Logs go to a file: a pipe nobody reads would fill and stall the server.

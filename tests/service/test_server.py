@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -59,7 +60,7 @@ def test_concurrent_mixed_requests_equal_each_request_alone(start_server, scene_
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(start_server, scene_images: list[bytes]) -> None:  # type: ignore[no-untyped-def]
-    server = start_server(DETECTOR_MAX_BATCH_SIZE="1", DETECTOR_MAX_BATCH_WAIT_MS="0")
+    server = start_server(DETECTOR_MAX_BATCH_SIZE="1", DETECTOR_MAX_BATCH_WAIT_MS="0", DETECTOR_SHUTDOWN_GRACE_S="20")
     client = server.wait_ready()
     results: list[int] = []
 
@@ -76,11 +77,26 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(start_server, scene_im
         if in_flight + answered >= 12:
             break
     server.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     assert in_flight > 0, "every request finished before the signal: nothing was drained"
+    assert _refused_while_draining(server.url, scene_images[0])
     for thread in threads:
         thread.join(timeout=60)
     assert server.process.wait(timeout=60) == 0, server.output()
+    assert time.monotonic() - signalled < 20, "the drain should end within the grace period"
     assert results == [200] * 12, results
+
+
+def _refused_while_draining(url: str, image: bytes) -> bool:
+    """A request that arrives after the signal: the listener is closed (connection refused) or it gets 503."""
+    try:
+        while httpx.get(f"{url}/health/ready").status_code == 200:  # until the server has taken the signal
+            time.sleep(0.01)
+        time.sleep(0.3)  # uvicorn closes its listener at its next tick (0.1 s)
+        response = httpx.post(f"{url}/detect", content=image, headers={"Content-Type": "image/jpeg"}, timeout=30)
+    except httpx.ConnectError:
+        return True
+    return response.status_code == 503 and response.headers["content-type"] == "application/problem+json"
 
 
 def _progress(client: httpx.Client) -> tuple[int, int]:

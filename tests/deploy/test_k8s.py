@@ -91,9 +91,19 @@ def test_probes_and_ports_match_the_service(name: str, ready_service: TestClient
 
 
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
+def test_api_keys_come_from_an_optional_secret_and_health_stays_open(name: str) -> None:
+    env = {item["name"]: item for item in container(rendered(name))["env"]}
+    reference = env["DETECTOR_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert reference["optional"] is True, "without the secret the pod should start, with no key asked"
+    assert "value" not in env["DETECTOR_API_KEYS"], "keys belong in a Secret, not in the manifest"
+    # The probes send no key: protecting /health/* would keep every pod unready.
+    assert env.get("DETECTOR_PROTECT_HEALTH", {}).get("value", "false") == "false"
+
+
+@pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
 def test_environment_names_real_settings(name: str) -> None:
     main = container(rendered(name))
-    env = {item["name"]: item["value"] for item in main.get("env", [])}
+    env = {item["name"]: item["value"] for item in main.get("env", []) if "value" in item}
     assert env, "the deployment sets no DETECTOR_* variable"
     check_settings_env(env, f"deploy/k8s/{name}")
 
@@ -103,7 +113,7 @@ def test_pods_drain_run_as_non_root_and_keep_the_root_filesystem_read_only(name:
     manifests = rendered(name)
     pod = manifests["Deployment"]["spec"]["template"]["spec"]
     main = container(manifests)
-    env = {item["name"]: item["value"] for item in main["env"]}
+    env = {item["name"]: item["value"] for item in main["env"] if "value" in item}
     grace_s = float(env.get("DETECTOR_SHUTDOWN_GRACE_S", Settings.model_fields["shutdown_grace_s"].default))
     pre_stop = main["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
@@ -124,7 +134,7 @@ def test_gpu_overlay_gives_each_pod_one_gpu_and_an_engine_cache() -> None:
     main = container(manifests)
     assert main["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert main["image"] == "detector:gpu"
-    env = {item["name"]: item["value"] for item in main["env"]}
+    env = {item["name"]: item["value"] for item in main["env"] if "value" in item}
     assert env["DETECTOR_TRT_CACHE_DIR"] == parse_stages()["runtime-gpu"].env()["DETECTOR_TRT_CACHE_DIR"]
     metrics = manifests["HorizontalPodAutoscaler"]["spec"]["metrics"]
     assert [m["pods"]["metric"]["name"] for m in metrics] == ["detector_queue_depth"]
@@ -134,7 +144,7 @@ def test_cpu_overlay_uses_the_cpu_image_and_no_gpu() -> None:
     main = container(rendered("cpu-overlay"))
     assert main["image"] == "detector:cpu"
     assert "nvidia.com/gpu" not in main["resources"].get("limits", {})
-    env = {item["name"]: item["value"] for item in main["env"]}
+    env = {item["name"]: item["value"] for item in main["env"] if "value" in item}
     assert env["DETECTOR_PROVIDERS"] == "cpu"
     assert float(main["resources"]["requests"]["cpu"]) == float(env["DETECTOR_INTRA_OP_THREADS"])
 

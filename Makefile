@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint demo default-model bench deploy-tools clean
+.PHONY: setup serve test lint demo default-model bench soak deploy-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: $(STAMP) $(DEPLOY_TOOLS)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The soak test for longer than CI's 3 minutes: `make soak` (30 minutes) or `make soak SOAK_SECONDS=7200`.
+SOAK_SECONDS ?= 1800
+soak: $(STAMP)
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q -p no:cacheprovider --timeout=0 tests/service/test_soak.py
 
 # Reproduces the embedded default model (about 80 minutes on 2 CPU cores); see models/default/README.md.
 default-model: $(STAMP)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from starlette.datastructures import UploadFile
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
@@ -71,19 +72,51 @@ def _unsupported(media_type: str) -> str:
 
 
 async def _multipart_image(request: Request, body: bytes, limit: int) -> bytes:
+    """The bytes of the form's one ``image`` part, sent as a file or as a plain field."""
+
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
+    parser = MultiPartParser(_latin1_form(request.headers), stream(), max_files=4, max_fields=16, max_part_size=limit)
     try:
-        form = await MultiPartParser(request.headers, stream(), max_files=4, max_fields=16, max_part_size=limit).parse()
+        form = await parser.parse()
     except MultiPartException as error:
         raise BadRequest(f"malformed multipart body: {error.message}") from error
     try:
-        field = form.get("image")
-        if field is None:
-            raise InvalidParameter("the multipart request has no 'image' field")
-        if isinstance(field, UploadFile):
-            return await field.read()
-        return field.encode("latin-1")
+        _check_closed(request.headers["content-type"], body)
+        return await _the_image_part(form)
     finally:
         await form.close()
+
+
+def _latin1_form(headers: Headers) -> Headers:
+    """The request's Content-Type with charset latin-1 (the last charset given counts).
+
+    Starlette decodes a part sent without a filename to text, in the charset
+    the request names (UTF-8 by default). Image bytes are rarely valid text
+    in any charset but latin-1, which maps each byte to one character, so
+    that encoding the text back gives exactly the bytes that were sent.
+    """
+    return Headers({"content-type": f"{headers['content-type']}; charset=latin-1"})
+
+
+def _check_closed(content_type: str, body: bytes) -> None:
+    """A body cut short parses without error, minus its last part: refuse it rather than answer for what is left."""
+    boundary = parse_options_header(content_type)[1][b"boundary"]
+    if b"--" + boundary + b"--" not in body:
+        shown = boundary.decode("latin-1")
+        raise BadRequest(f"malformed multipart body: no closing boundary --{shown}-- (the body is cut short, or uses another boundary)")
+
+
+async def _the_image_part(form: FormData) -> bytes:
+    if not form:
+        raise BadRequest("malformed multipart body: it has no part (RFC 2046 asks for at least one)")
+    fields = form.getlist("image")
+    if not fields:
+        raise InvalidParameter(f"the multipart request has no 'image' field; its fields are {sorted(set(form.keys()))}")
+    if len(fields) > 1:
+        raise InvalidParameter(f"the multipart request has {len(fields)} 'image' fields; send one image per request")
+    field = fields[0]
+    if isinstance(field, UploadFile):
+        return await field.read()
+    return field.encode("latin-1")

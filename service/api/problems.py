@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ServiceError
+from service.schemas import Problem, inline_schema
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -20,6 +23,12 @@ def problem_response(
 ) -> JSONResponse:
     body = {"type": type_, "title": title, "status": status, "detail": detail}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route's error statuses, each a problem JSON body (application/problem+json only)."""
+    content = {PROBLEM_JSON: {"schema": inline_schema(Problem)}}
+    return {status: {"description": HTTPStatus(status).phrase, "content": content} for status in statuses}
 
 
 async def _service_error(request: Request, error: Exception) -> JSONResponse:

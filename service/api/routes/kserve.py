@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -22,7 +23,7 @@ from service.api.body import read_limited
 from service.api.deps import DetectorDep
 from service.detector import Detector, DetectParams
 from service.errors import ModelNotFound, ServiceError
-from service.schemas import DetectResponse
+from service.schemas import DetectResponse, InferRequestBody, InferResponseBody, ProtocolErrorBody, inline_schema
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,59 @@ class ProtocolRoute(APIRoute):
 router = APIRouter(route_class=ProtocolRoute)
 
 
-def served_model(request: Request, detector: DetectorDep) -> Detector:
+def protocol_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route's error statuses, each the protocol's {"error": ...}."""
+    return {status: {"model": ProtocolErrorBody, "description": HTTPStatus(status).phrase} for status in statuses}
+
+
+# Health answers with a status and no body: 200 is the protocol's true, 400 its false.
+HEALTH: dict[str, Any] = {"response_class": Response, "responses": {200: {"description": "true"}, **protocol_errors(400)}}
+MODEL_HEALTH: dict[str, Any] = {"response_class": Response, "responses": {200: {"description": "true"}, **protocol_errors(400, 404)}}
+MODEL_ERRORS = protocol_errors(404, 503)
+# The infer body is read by hand (JSON, or JSON then binary data, possibly compressed); this documents it.
+INFER_ERRORS = protocol_errors(400, 404, 408, 413, 500, 503, 504)
+INFER_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": kserve.HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "the JSON header's length in bytes, when binary data follows it (binary tensor extension)",
+            "schema": {"type": "string"},
+        },
+        {"name": "Content-Encoding", "in": "header", "required": False, "schema": {"enum": ["gzip", "deflate", "identity"]}},
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": inline_schema(InferRequestBody)},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": InferResponseBody,
+        "description": "the outputs; as application/octet-stream when some are binary data (JSON header, then the data)",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **INFER_ERRORS,
+}
+
+
+ModelName = Annotated[str, Path(description="the model's name, or 'default'", examples=["default"])]
+VERSION_PARAMETER = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}, "description": "the model's version"}
+
+
+def with_version(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``openapi_extra`` of a .../versions/{version}/... route: served_model reads the version, so FastAPI cannot document it."""
+    extra = extra or {}
+    return {**extra, "parameters": [*extra.get("parameters", []), VERSION_PARAMETER]}
+
+
+def served_model(request: Request, detector: DetectorDep, name: ModelName) -> Detector:
     """The detector, if the path names its model ('default' too) and, when given, its version."""
-    name, version = request.path_params["name"], request.path_params.get("version")
+    version = request.path_params.get("version")
     manifest = detector.manifest
     if name not in ("default", manifest.name):
         raise ModelNotFound(f"unknown model {name!r}; this server serves {manifest.name!r} (also reachable as 'default')")
@@ -77,7 +128,7 @@ async def server_metadata(request: Request) -> dict[str, Any]:
     return kserve.server_metadata(request.app.version)
 
 
-@router.get("/v2/health/live")
+@router.get("/v2/health/live", **HEALTH)
 async def server_live(request: Request) -> Response:
     """200 while the process can answer; 400 (the protocol's 'false') once loading the model has failed."""
     failure = getattr(request.app.state, "load_error", None)
@@ -86,18 +137,18 @@ async def server_live(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.get("/v2/health/ready")
+@router.get("/v2/health/ready", **HEALTH)
 async def server_ready(request: Request) -> Response:
     return _readiness(request)
 
 
-@router.get("/v2/models/{name}/ready")
-@router.get("/v2/models/{name}/versions/{version}/ready")
-async def model_ready(request: Request) -> Response:
+@router.get("/v2/models/{name}/ready", **MODEL_HEALTH)
+@router.get("/v2/models/{name}/versions/{version}/ready", **MODEL_HEALTH, openapi_extra=with_version())
+async def model_ready(request: Request, name: ModelName) -> Response:
     """200 once the model is loaded and warmed up; 400 while loading and draining; 404 for another model."""
     response = _readiness(request)
     if response.status_code == 200:
-        served_model(request, request.app.state.detector)
+        served_model(request, request.app.state.detector, name)
     return response
 
 
@@ -108,14 +159,14 @@ def _readiness(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.get("/v2/models/{name}")
-@router.get("/v2/models/{name}/versions/{version}")
+@router.get("/v2/models/{name}", responses=MODEL_ERRORS)
+@router.get("/v2/models/{name}/versions/{version}", responses=MODEL_ERRORS, openapi_extra=with_version())
 async def model_metadata(detector: ModelDep) -> dict[str, Any]:
     return kserve.model_metadata(detector.manifest, detector.engine.describe()["engine"])
 
 
-@router.get("/v2/models/{name}/config")
-@router.get("/v2/models/{name}/versions/{version}/config")
+@router.get("/v2/models/{name}/config", responses=MODEL_ERRORS)
+@router.get("/v2/models/{name}/versions/{version}/config", responses=MODEL_ERRORS, openapi_extra=with_version())
 async def model_config(detector: ModelDep) -> dict[str, Any]:
     runtime = detector.engine.describe()
     batching = kserve.Batching(
@@ -128,8 +179,8 @@ async def model_config(detector: ModelDep) -> dict[str, Any]:
     return kserve.model_config(detector.manifest, runtime["engine"], batching)
 
 
-@router.post("/v2/models/{name}/infer")
-@router.post("/v2/models/{name}/versions/{version}/infer")
+@router.post("/v2/models/{name}/infer", responses=INFER_RESPONSES, openapi_extra=INFER_OPENAPI)
+@router.post("/v2/models/{name}/versions/{version}/infer", responses=INFER_RESPONSES, openapi_extra=with_version(INFER_OPENAPI))
 async def infer(request: Request, detector: ModelDep) -> Response:
     """Detects objects in a batch of encoded images; the outputs are in each image's pixels."""
     limit = detector.settings.max_body_bytes

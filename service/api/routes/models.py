@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 
 from service.api.deps import DetectorDep
+from service.api.problems import problem_responses
 from service.errors import ModelNotFound
 
 router = APIRouter()
 
 
-@router.get("/v1/models/{name}")
-async def model(name: str, detector: DetectorDep) -> dict[str, Any]:
+@router.get("/v1/models/{name}", responses=problem_responses(404, 503))
+async def model(
+    name: Annotated[str, Path(description="the model's name, or 'default'", examples=["default"])], detector: DetectorDep
+) -> dict[str, Any]:
     if name not in ("default", detector.manifest.name):
         raise ModelNotFound(f"no model {name!r}; this server serves {detector.manifest.name!r} (also reachable as 'default')")
     return detector.describe()

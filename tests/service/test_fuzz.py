@@ -2,8 +2,9 @@
 
 The server runs in its own process on loopback (tests/service/helpers.py's
 ServerProcess) and serves the small exported package. Generation is bounded
-(a few dozen cases per operation) and deterministic, with no example database,
-so that CI runs the same cases every time.
+(at most 80 generated cases per operation, besides the examples and coverage
+phases' cases) and deterministic, with no example database, so that CI runs
+the same cases every time.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tests.service.helpers import ServerProcess
 CONFIG = schemathesis.Config.from_dict(
     {
         "seed": 20240607,
-        "generation": {"mode": "all", "max-examples": 40, "deterministic": True, "database": "none"},
+        "generation": {"mode": "all", "max-examples": 80, "deterministic": True, "database": "none"},
         # The stateful phase chains operations through links; these routes hold no state to chain.
         "phases": {"stateful": {"enabled": False}},
     }
@@ -125,7 +126,7 @@ def test_detections_of_a_real_scene_are_as_documented(api_schema: schemathesis.B
 
 def test_infer_outputs_of_a_real_scene_are_as_documented(api_schema: schemathesis.BaseSchema, scene_images: list[bytes]) -> None:
     images = {"name": "images", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(scene_images[1]).decode()]}
-    body = {"inputs": [images], "parameters": {"score_threshold": 0.05}}
+    body: dict[str, Any] = {"inputs": [images], "parameters": {"score_threshold": 0.05}}
     case = api_schema["/v2/models/{name}/infer"]["POST"].Case(path_parameters={"name": "default"}, body=body, media_type="application/json")
     response = case.call()
     assert response.status_code == 200, response.text

@@ -6,7 +6,7 @@ import io
 import math
 import warnings
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from service.errors import ImageTooLarge, InvalidImage
 from service.letterbox import fit_scale
@@ -14,6 +14,19 @@ from service.letterbox import fit_scale
 # Formats a camera, a browser or an image library would send; everything else is refused.
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
 ORIENTATION = 0x0112  # the EXIF tag
+# EXIF orientation -> the operation that shows the stored pixels upright: ImageOps.exif_transpose's table.
+# exif_transpose itself also re-serialises the EXIF block without the tag, which raises on a damaged block
+# (a tag whose value does not fit its type); only the pixels are needed here.
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+TURNED = frozenset({5, 6, 7, 8})  # the orientations that swap width and height
 
 
 def decode_image(data: bytes, max_pixels: int, fit: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
@@ -49,15 +62,21 @@ def decode_image(data: bytes, max_pixels: int, fit: tuple[int, int] | None = Non
     if width < 1 or height < 1:
         raise InvalidImage(f"the image is {width}x{height}")
     try:
-        turned = image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
-        full_size = (height, width) if turned else (width, height)
+        orientation = _orientation(image)
+        full_size = (height, width) if orientation in TURNED else (width, height)
         if fit is not None and image.format in ("JPEG", "MPO"):
             scale = fit_scale(*full_size, fit)
             image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         image.load()
-        upright = ImageOps.exif_transpose(image) or image
+        upright = image.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else image
         return upright.convert("RGB"), full_size
     except Image.DecompressionBombError as error:
         raise ImageTooLarge(f"the image is too large to decode: {error}") from error
     except (OSError, ValueError, SyntaxError) as error:
         raise InvalidImage(f"the image data is damaged or truncated: {error}") from error
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, 1 (as stored) when absent or not a number (a damaged block)."""
+    orientation = image.getexif().get(ORIENTATION, 1)
+    return orientation if isinstance(orientation, int) else 1

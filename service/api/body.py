@@ -12,6 +12,8 @@ from starlette.requests import Request
 
 from service.errors import BadRequest, BodyTooLarge, InvalidParameter, RequestTimeout, UnsupportedMediaType
 
+# The raw body types taken. The declared type is a label, not a promise: the format is read from the bytes
+# (service/decode.py), so PNG bytes sent as image/jpeg are served as the PNG they are, as octet-stream bytes are.
 IMAGE_MEDIA_TYPES = frozenset(
     {
         "image/jpeg",

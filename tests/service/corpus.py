@@ -131,12 +131,25 @@ _STORED_AS = {
 }
 
 
-def exif_oriented_jpeg(orientation: int) -> bytes:
-    """The scene stored so that EXIF orientation ``orientation`` (1-8) shows it upright."""
+def exif_oriented_jpeg(orientation: int, damaged: bool = False) -> bytes:
+    """The scene stored so that EXIF orientation ``orientation`` (1-8) shows it upright.
+
+    ``damaged``: the EXIF block also holds a tag whose value does not fit its
+    type, as a buggy camera or editor writes it; Pillow reads such a block,
+    but raises when it writes it back.
+    """
     stored = scene() if orientation == 1 else scene().transpose(_STORED_AS[orientation])
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return encode(stored, "JPEG", quality=95, exif=exif)
+    if not damaged:
+        return encode(stored, "JPEG", quality=95, exif=exif)
+    exif[0x010F] = "Maker"
+    data = encode(stored, "JPEG", quality=95, exif=exif)
+    # Pillow writes big-endian EXIF: the Make entry (tag 0x010F, type ASCII) becomes Thresholding (0x0107, a number).
+    broken = data.replace(b"\x01\x0f\x00\x02", b"\x01\x07\x00\x02", 1)
+    if broken == data:
+        raise ValueError("the Make entry was not found in the EXIF block")
+    return broken
 
 
 def png_bomb_header(width: int, height: int) -> bytes:
@@ -246,6 +259,7 @@ def pixel_modes() -> list[Kind]:
         served("animated GIF (first frame)", animation("GIF"), "image/gif"),
         served("animated WebP (first frame)", animation("WEBP"), "image/webp"),
         served("JPEG with EXIF orientation 6", exif_oriented_jpeg(6), "image/jpeg"),
+        served("JPEG with a damaged EXIF block, orientation 6", exif_oriented_jpeg(6, damaged=True), "image/jpeg"),
     ]
 
 

@@ -141,11 +141,14 @@ def assert_same_detections(got: list[dict], want: list[dict], box_tolerance: flo
         assert all(abs(a["box"][k] - b["box"][k]) <= box_tolerance for k in ("x1", "y1", "x2", "y2")), (a, b)
 
 
-@pytest.mark.parametrize("orientation", range(1, 9))
-def test_boxes_come_back_in_the_exif_upright_frame(http: httpx.Client, orientation: int) -> None:
-    """A JPEG with EXIF orientation o gets the detections of its pixels turned upright by Pillow, sent without EXIF."""
-    jpeg = corpus.exif_oriented_jpeg(orientation)
-    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(jpeg)))
+@pytest.mark.parametrize(("orientation", "damaged"), [*((o, False) for o in range(1, 9)), (6, True)])
+def test_boxes_come_back_in_the_exif_upright_frame(http: httpx.Client, orientation: int, damaged: bool) -> None:
+    """A JPEG with EXIF orientation o gets the detections of its pixels turned upright by Pillow, sent without EXIF.
+
+    ImageOps.exif_transpose raises on a damaged EXIF block: the reference is then its undamaged twin's (the same pixels).
+    """
+    jpeg = corpus.exif_oriented_jpeg(orientation, damaged)
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(corpus.exif_oriented_jpeg(orientation))))
     assert upright.size == corpus.scene().size
     oriented = detect(http, jpeg, "image/jpeg", LOW_SCORE)
     reference = detect(http, png_bytes(upright), "image/png", LOW_SCORE)

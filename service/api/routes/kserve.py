@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -99,19 +99,27 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-ModelName = Annotated[str, Path(description="the model's name, or 'default'", examples=["default"])]
-VERSION_PARAMETER = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}, "description": "the model's version"}
+def _path_parameter(name: str, description: str, example: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string", "examples": [example]}}
 
 
-def with_version(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``openapi_extra`` of a .../versions/{version}/... route: served_model reads the version, so FastAPI cannot document it."""
+NAME = _path_parameter("name", "the model's name, or 'default'", "default")
+VERSION = _path_parameter("version", "the model's version", "1")
+
+
+def model_path(extra: dict[str, Any] | None = None, versioned: bool = False) -> dict[str, Any]:
+    """The ``openapi_extra`` of a /v2/models/{name}[/versions/{version}]/... route.
+
+    served_model reads both from the path, so FastAPI neither documents them
+    nor answers a 422 of its own for them; this documents them.
+    """
     extra = extra or {}
-    return {**extra, "parameters": [*extra.get("parameters", []), VERSION_PARAMETER]}
+    return {**extra, "parameters": [NAME, *([VERSION] if versioned else []), *extra.get("parameters", [])]}
 
 
-def served_model(request: Request, detector: DetectorDep, name: ModelName) -> Detector:
+def served_model(request: Request, detector: DetectorDep) -> Detector:
     """The detector, if the path names its model ('default' too) and, when given, its version."""
-    version = request.path_params.get("version")
+    name, version = request.path_params["name"], request.path_params.get("version")
     manifest = detector.manifest
     if name not in ("default", manifest.name):
         raise ModelNotFound(f"unknown model {name!r}; this server serves {manifest.name!r} (also reachable as 'default')")
@@ -142,13 +150,13 @@ async def server_ready(request: Request) -> Response:
     return _readiness(request)
 
 
-@router.get("/v2/models/{name}/ready", **MODEL_HEALTH)
-@router.get("/v2/models/{name}/versions/{version}/ready", **MODEL_HEALTH, openapi_extra=with_version())
-async def model_ready(request: Request, name: ModelName) -> Response:
+@router.get("/v2/models/{name}/ready", **MODEL_HEALTH, openapi_extra=model_path())
+@router.get("/v2/models/{name}/versions/{version}/ready", **MODEL_HEALTH, openapi_extra=model_path(versioned=True))
+async def model_ready(request: Request) -> Response:
     """200 once the model is loaded and warmed up; 400 while loading and draining; 404 for another model."""
     response = _readiness(request)
     if response.status_code == 200:
-        served_model(request, request.app.state.detector, name)
+        served_model(request, request.app.state.detector)
     return response
 
 
@@ -159,14 +167,14 @@ def _readiness(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.get("/v2/models/{name}", responses=MODEL_ERRORS)
-@router.get("/v2/models/{name}/versions/{version}", responses=MODEL_ERRORS, openapi_extra=with_version())
+@router.get("/v2/models/{name}", responses=MODEL_ERRORS, openapi_extra=model_path())
+@router.get("/v2/models/{name}/versions/{version}", responses=MODEL_ERRORS, openapi_extra=model_path(versioned=True))
 async def model_metadata(detector: ModelDep) -> dict[str, Any]:
     return kserve.model_metadata(detector.manifest, detector.engine.describe()["engine"])
 
 
-@router.get("/v2/models/{name}/config", responses=MODEL_ERRORS)
-@router.get("/v2/models/{name}/versions/{version}/config", responses=MODEL_ERRORS, openapi_extra=with_version())
+@router.get("/v2/models/{name}/config", responses=MODEL_ERRORS, openapi_extra=model_path())
+@router.get("/v2/models/{name}/versions/{version}/config", responses=MODEL_ERRORS, openapi_extra=model_path(versioned=True))
 async def model_config(detector: ModelDep) -> dict[str, Any]:
     runtime = detector.engine.describe()
     batching = kserve.Batching(
@@ -179,8 +187,10 @@ async def model_config(detector: ModelDep) -> dict[str, Any]:
     return kserve.model_config(detector.manifest, runtime["engine"], batching)
 
 
-@router.post("/v2/models/{name}/infer", responses=INFER_RESPONSES, openapi_extra=INFER_OPENAPI)
-@router.post("/v2/models/{name}/versions/{version}/infer", responses=INFER_RESPONSES, openapi_extra=with_version(INFER_OPENAPI))
+@router.post("/v2/models/{name}/infer", responses=INFER_RESPONSES, openapi_extra=model_path(INFER_OPENAPI))
+@router.post(
+    "/v2/models/{name}/versions/{version}/infer", responses=INFER_RESPONSES, openapi_extra=model_path(INFER_OPENAPI, versioned=True)
+)
 async def infer(request: Request, detector: ModelDep) -> Response:
     """Detects objects in a batch of encoded images; the outputs are in each image's pixels."""
     limit = detector.settings.max_body_bytes

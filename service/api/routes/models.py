@@ -13,7 +13,8 @@ from service.errors import ModelNotFound
 router = APIRouter()
 
 
-@router.get("/v1/models/{name}", responses=problem_responses(404, 503))
+# 422 too: FastAPI would otherwise document its own validation error body, which the problem handler replaces.
+@router.get("/v1/models/{name}", responses=problem_responses(404, 422, 503))
 async def model(
     name: Annotated[str, Path(description="the model's name, or 'default'", examples=["default"])], detector: DetectorDep
 ) -> dict[str, Any]:

@@ -8,10 +8,14 @@ from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http import h11_impl
 
 from service import logs
+from service.api.problems import problem_response
 from service.main import create_app
 from service.manifest import PackageError, read_manifest
+from service.metrics import Metrics
 from service.settings import Settings, SettingsError, load_settings
 
 
@@ -42,6 +46,25 @@ def check_runtime(settings: Settings) -> None:
             raise SettingsError(str(error)) from error
 
 
+def answer_connection_limit_with_a_problem(metrics: Metrics) -> None:
+    """uvicorn answers a request past DETECTOR_MAX_CONNECTIONS itself, as a bare text 503, before the app
+    sees it; its h11 protocol looks that answer up by name at each request, so ours takes its place:
+    problem JSON with Retry-After, counted as a rejection."""
+    refusal = problem_response(
+        503,
+        "Too Many Connections",
+        "the server holds as many connections as it allows; retry shortly",
+        "/problems/too-many-connections",
+        {"Retry-After": "1", "Connection": "close"},
+    )
+
+    async def service_unavailable(scope: Scope, receive: Receive, send: Send) -> None:
+        metrics.rejected.labels(reason="connections").inc()
+        await refusal(scope, receive, send)
+
+    h11_impl.service_unavailable = service_unavailable  # type: ignore[assignment]
+
+
 def main() -> int:
     try:
         settings = load_settings()
@@ -68,6 +91,7 @@ def main() -> int:
         timeout_keep_alive=int(settings.keep_alive_s),
         http="h11",
     )
+    answer_connection_limit_with_a_problem(app.state.metrics)
     server = DrainingServer(config, app)
     app.state.on_load_failure = lambda: setattr(server, "should_exit", True)
     # uvicorn re-raises the stop signal after its graceful shutdown, to the handler it found at start;

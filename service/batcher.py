@@ -128,6 +128,9 @@ class DynamicBatcher:
         """Queues one canvas; returns its detections at its own thresholds, or raises a ServiceError."""
         if not self._accepting:
             raise NotReady("the server is shutting down")
+        if timeout_s <= 0:
+            self.metrics.rejected.labels(reason="deadline").inc()
+            raise DeadlineExceeded("the request's deadline passed before it could be queued")
         if len(self._queue) >= self.policy.max_queue:
             self.metrics.rejected.labels(reason="queue_full").inc()
             raise QueueFull(f"{len(self._queue)} requests are already waiting (the limit is {self.policy.max_queue}); retry shortly")
@@ -141,7 +144,7 @@ class DynamicBatcher:
         except TimeoutError:
             pending.future.cancel()  # if still queued, the consumer drops it
             self.metrics.rejected.labels(reason="deadline").inc()
-            raise DeadlineExceeded(f"no result within the request's deadline of {timeout_s:.3g} s") from None
+            raise DeadlineExceeded("the request's deadline passed before its result was ready") from None
         except asyncio.CancelledError:
             pending.future.cancel()  # the client went away: never run it if it is still queued
             raise

@@ -14,7 +14,7 @@ import numpy as np
 from service.batcher import BatchPolicy, BatchResult, DynamicBatcher
 from service.decode import decode_image
 from service.engines import Engine, create_engine
-from service.errors import InvalidParameter, NotReady, ServiceError
+from service.errors import DeadlineExceeded, InvalidParameter, NotReady, ServiceError
 from service.letterbox import Letterbox, fit_scale, letterbox
 from service.manifest import ModelManifest, read_manifest, verify_graph_file
 from service.metrics import Metrics
@@ -33,6 +33,7 @@ class DetectParams:
     max_detections: int | None = None
     classes: frozenset[int] | None = None  # label ids to keep
     timeout_s: float | None = None
+    arrived: float | None = None  # time.monotonic() when the request arrived; the deadline counts from it
 
 
 class Detector:
@@ -135,13 +136,16 @@ class Detector:
     async def detect(self, data: bytes, params: DetectParams) -> DetectResponse:
         if not self._serving:
             raise NotReady("the model is not being served (loading, warming up or stopped)")
-        started = time.monotonic()
+        started = params.arrived or time.monotonic()
+        deadline = started + min(params.timeout_s or self.settings.request_timeout_s, self.settings.request_timeout_s)
+        if time.monotonic() >= deadline:
+            self.metrics.rejected.labels(reason="deadline").inc()
+            raise DeadlineExceeded("the request's deadline passed before its image could be decoded")
         loop = asyncio.get_running_loop()
         canvas, placement = await loop.run_in_executor(self._decoders, self._prepare, data)
         score = self.manifest.score_threshold if params.score_threshold is None else params.score_threshold
         iou = self.manifest.iou_threshold if params.iou_threshold is None else params.iou_threshold
-        timeout = min(params.timeout_s or self.settings.request_timeout_s, self.settings.request_timeout_s)
-        result = await self.batcher.submit(canvas, score, iou, timeout - (time.monotonic() - started))
+        result = await self.batcher.submit(canvas, score, iou, deadline - time.monotonic())
         detections = self._to_image(result, placement, params)
         self.metrics.images.inc()
         self.metrics.detections.inc(len(detections))

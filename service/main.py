@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from service.api import problems
+from service.api.admission import AdmissionMiddleware
 from service.api.auth import DOCS_PATHS, HEALTH_PATHS, ApiKeyMiddleware
 from service.api.middleware import RequestContextMiddleware
 from service.api.routes import detect, health, kserve, models
@@ -64,7 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.on_load_failure = None  # python -m service stops the server here
     problems.install(app)
     # The last added runs first: request context (IDs, logs, metrics) sees every answer, CORS answers
-    # preflights before the key check, and the key check runs before any route reads the body.
+    # preflights before the key check, the key check comes before admission, and admission before any
+    # route reads a body.
+    # Waiting requests (max_queue) plus one running batch; the batcher's own queue check stays as a backstop.
+    admission_limit = settings.max_queue + settings.max_batch_size
+    app.add_middleware(AdmissionMiddleware, limit=admission_limit, metrics=app.state.metrics)
     if settings.api_key_list:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list, protect_health=settings.protect_health)
     if settings.cors_origin_list:

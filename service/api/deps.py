@@ -11,14 +11,15 @@ from service.errors import NotReady
 from service.metrics import Metrics
 
 
-def get_detector(request: Request) -> Detector:
+# async: a plain def would be run on the thread pool, a hop per request for nothing.
+async def get_detector(request: Request) -> Detector:
     detector: Detector | None = getattr(request.app.state, "detector", None)
     if detector is None:
         raise NotReady("the model is still loading")
     return detector
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 

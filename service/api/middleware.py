@@ -29,6 +29,8 @@ class RequestContextMiddleware:
         # A client's ID is kept only if it is safe to echo into logs and headers.
         request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        # A request's deadline counts from here: time spent waiting to be routed or read is part of it.
+        scope["state"]["arrived"] = time.monotonic()
         status = 500
         started = time.perf_counter()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -28,7 +29,7 @@ class DetectQuery(BaseModel):
     timeout_ms: int | None = Field(None, ge=1, description="a deadline shorter than the server's")
 
 
-def strict_query(request: Request) -> None:
+async def strict_query(request: Request) -> None:
     """Refuses names /detect does not take and names given twice.
 
     A typo (score_treshold) would otherwise be ignored, and the request served
@@ -76,7 +77,7 @@ async def detect(
     x_request_timeout: Annotated[float | None, Header(gt=0, allow_inf_nan=False, description="the same deadline, in seconds")] = None,
 ) -> DetectResponse:
     """Detects objects in one image, sent as the raw body (image/jpeg, image/png, ...) or as multipart field `image`."""
-    params = detect_params(query, x_request_timeout, detector)
+    params = replace(detect_params(query, x_request_timeout, detector), arrived=request.state.arrived)
     data = await read_image(request, detector.settings.max_body_bytes, detector.settings.body_timeout_s)
     response = await detector.detect(data, params)
     request.state.batch_size = response.batch_size

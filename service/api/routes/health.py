@@ -23,10 +23,12 @@ async def live(request: Request) -> dict[str, str]:
 
 @router.get("/health/ready", responses=problem_responses(503))
 async def ready(request: Request) -> dict[str, str]:
-    """200 once the model is loaded and warmed up; 503 before that and while draining."""
+    """200 once the model is loaded and warmed up; 503 before that, while draining, and while the engine keeps failing."""
     detector = getattr(request.app.state, "detector", None)
-    if detector is None or not detector.ready:
-        raise NotReady("the model is loading, warming up or draining")
+    if detector is None:
+        raise NotReady("the model is loading")
+    if not detector.ready:
+        raise NotReady(detector.unready_reason())
     return {"status": "ready"}
 
 

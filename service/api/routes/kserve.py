@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -117,7 +118,7 @@ def model_path(extra: dict[str, Any] | None = None, versioned: bool = False) -> 
     return {**extra, "parameters": [NAME, *([VERSION] if versioned else []), *extra.get("parameters", [])]}
 
 
-def served_model(request: Request, detector: DetectorDep) -> Detector:
+async def served_model(request: Request, detector: DetectorDep) -> Detector:
     """The detector, if the path names its model ('default' too) and, when given, its version."""
     name, version = request.path_params["name"], request.path_params.get("version")
     manifest = detector.manifest
@@ -156,7 +157,7 @@ async def model_ready(request: Request) -> Response:
     """200 once the model is loaded and warmed up; 400 while loading and draining; 404 for another model."""
     response = _readiness(request)
     if response.status_code == 200:
-        served_model(request, request.app.state.detector)
+        await served_model(request, request.app.state.detector)
     return response
 
 
@@ -198,7 +199,9 @@ async def infer(request: Request, detector: ModelDep) -> Response:
         await read_limited(request, limit, detector.settings.body_timeout_s), request.headers.get("content-encoding"), limit
     )
     parsed = kserve.parse_infer_request(body, request.headers.get(kserve.HEADER_LENGTH), detector.batcher.max_batch)
-    params = kserve.detect_params(parsed.parameters, detector.manifest.max_detections, detector.resolve_classes)
+    params = replace(
+        kserve.detect_params(parsed.parameters, detector.manifest.max_detections, detector.resolve_classes), arrived=request.state.arrived
+    )
     responses = await detect_all(detector, parsed.images, params)
     request.state.batch_size = max(response.batch_size for response in responses)
     content, header_length = kserve.encode_infer_response(detector.manifest, parsed, kserve.detection_tensors(responses))

@@ -9,9 +9,11 @@ httpx does per request, so a burst is limited by the server, not by the test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,6 +34,11 @@ HEADER_END = b"\r\n\r\n"
 def detect_request(image: bytes, media_type: str, query: str = "", headers: dict[str, str] | None = None) -> bytes:
     """One complete ``POST /detect`` (head and body); the server closes the connection after its reply."""
     return request_head("POST", f"/detect{'?' + query if query else ''}", media_type, len(image), headers) + image
+
+
+def media_type(image: bytes) -> str:
+    """The Content-Type for the test's images: JPEG or PNG, told by the first bytes."""
+    return "image/jpeg" if image.startswith(b"\xff\xd8") else "image/png"
 
 
 def request_head(method: str, target: str, media_type: str | None = None, length: int = 0, headers: dict[str, str] | None = None) -> bytes:
@@ -82,15 +89,18 @@ def parse_reply(raw: bytes, latency_s: float = 0.0, tag: str = "") -> Reply:
 async def send(port: int, request: bytes, tag: str = "", timeout_s: float = 60.0) -> Reply:
     """Sends one raw request on a new connection and reads the reply to the end of the connection."""
     started = time.monotonic()
+    chunks = []
     async with asyncio.timeout(timeout_s):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(request)
             await writer.drain()
-            raw = await reader.read()
+            with contextlib.suppress(ConnectionResetError):  # see read_reply
+                while chunk := await reader.read(65536):
+                    chunks.append(chunk)
         finally:
             writer.close()
-    return parse_reply(raw, time.monotonic() - started, tag)
+    return parse_reply(b"".join(chunks), time.monotonic() - started, tag)
 
 
 def connect(port: int, timeout_s: float = 30.0) -> socket.socket:
@@ -104,8 +114,11 @@ def read_reply(sock: socket.socket) -> Reply:
     """Reads a reply on a blocking socket until the server closes the connection."""
     started = time.monotonic()
     chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
+    # A server that closes with request bytes still unread ends the connection with a reset instead of
+    # a FIN: the reply has arrived whole (parse_reply checks its length), only the end is abrupt.
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
     return parse_reply(b"".join(chunks), time.monotonic() - started)
 
 
@@ -159,6 +172,35 @@ async def closed_loop(port: int, requests: list[bytes], clients: int, seconds: f
     return replies
 
 
+class BackgroundLoad:
+    """Closed-loop clients on a thread of their own, from ``with`` until its end: keeps the server busy meanwhile."""
+
+    def __init__(self, port: int, requests: list[bytes], clients: int) -> None:
+        self.port, self.requests, self.clients = port, requests, clients
+        self.replies: list[Reply] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="background-load")
+
+    def __enter__(self) -> BackgroundLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+        if self._thread.is_alive():
+            raise AssertionError("the background clients did not finish within 120 s of being stopped")
+
+    async def _run(self) -> None:
+        async def client(offset: int) -> None:
+            index = offset
+            while not self._stop.is_set():
+                self.replies.append(await send(self.port, self.requests[index % len(self.requests)]))
+                index += self.clients
+
+        await asyncio.gather(*(client(offset) for offset in range(self.clients)))
+
+
 # /metrics
 
 
@@ -200,6 +242,15 @@ def statuses(families: Families, route: str = "/detect") -> dict[str, float]:
 def requests_in_flight(client: httpx.Client) -> int:
     """HTTP requests being handled, not counting the scrape that asks."""
     return int(value(scrape(client), "detector_requests_in_flight")) - 1
+
+
+def wait_for_queue(client: httpx.Client, depth: int, timeout_s: float = 30.0) -> None:
+    """Waits until at least ``depth`` requests wait for the model."""
+    deadline = time.monotonic() + timeout_s
+    while (queued := value(scrape(client), "detector_queue_depth")) < depth:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the queue held {queued:g} requests, never {depth}, within {timeout_s:g} s")
+        time.sleep(0.02)
 
 
 def wait_until_idle(client: httpx.Client, timeout_s: float = 30.0) -> None:

@@ -308,3 +308,11 @@ def process_stats(pid: int) -> ProcessStats:
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     rss_kib = int(status["VmRSS"].split()[0])
     return ProcessStats(rss_kib * 1024, len(list(Path(f"/proc/{pid}/fd").iterdir())), int(status["Threads"]))
+
+
+def wait_for_fds(pid: int, at_most: int, timeout_s: float = 10.0) -> int:
+    """The process's open descriptors once they are down to ``at_most``, or the count after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while (fds := process_stats(pid).open_fds) > at_most and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return fds

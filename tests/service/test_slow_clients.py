@@ -29,6 +29,7 @@ from tests.service.load import (
     send,
     statuses,
     value,
+    wait_for_fds,
     wait_for_queue,
     wait_until_idle,
 )
@@ -131,14 +132,6 @@ def test_a_slow_body_that_ends_in_time_is_served(start_server: StartServer) -> N
 # Clients that leave
 
 
-def _wait_for_fds(pid: int, at_most: int, timeout_s: float = 10.0) -> int:
-    """The server's open file descriptors once they are back to ``at_most`` (or the last count, after the timeout)."""
-    deadline = time.monotonic() + timeout_s
-    while (fds := process_stats(pid).open_fds) > at_most and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return fds
-
-
 def _leave_mid_body(port: int, image: bytes) -> None:
     with connect(port) as sock:
         sock.sendall(request_head("POST", "/detect", "image/jpeg", len(image)) + image[: len(image) // 2])
@@ -153,7 +146,7 @@ def _leave_before_the_reply(port: int, image: bytes, after_s: float) -> None:
 
 def _assert_recovered(server: ServerProcess, client: httpx.Client, fds_before: int, image: bytes, expected: list[dict]) -> None:
     wait_until_idle(client)  # the in-flight gauge is back to 0
-    assert _wait_for_fds(server.process.pid, fds_before) <= fds_before, "the leavers' sockets are still open"
+    assert wait_for_fds(server.process.pid, fds_before) <= fds_before, "the leavers' sockets are still open"
     assert client.get("/health/ready").status_code == 200
     again = client.post("/detect", content=image, headers={"Content-Type": "image/jpeg"})
     assert again.status_code == 200 and same_detections(again.json()["detections"], expected)

@@ -142,6 +142,9 @@ class DynamicBatcher:
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), timeout=timeout_s)
         except TimeoutError:
+            if pending.future.done():
+                # Answered, or expired in the queue (and counted there), just as the timer fired.
+                return pending.future.result()
             pending.future.cancel()  # if still queued, the consumer drops it
             self.metrics.rejected.labels(reason="deadline").inc()
             raise DeadlineExceeded("the request's deadline passed before its result was ready") from None

@@ -33,6 +33,11 @@ class RequestTimeout(ServiceError):
     headers: ClassVar[dict[str, str]] = {"Connection": "close"}
 
 
+class ClientClosedRequest(ServiceError):
+    # nginx's 499: nobody reads this answer, but logs and metrics must not count it as a server fault.
+    status, title, type = 499, "Client Closed Request", "/problems/client-closed-request"
+
+
 class Unauthorized(ServiceError):
     status, title, type = 401, "Unauthorized", "/problems/unauthorized"
     headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="detector"'}

@@ -8,9 +8,9 @@ from collections.abc import AsyncGenerator
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from service.errors import BadRequest, BodyTooLarge, InvalidParameter, RequestTimeout, UnsupportedMediaType
+from service.errors import BadRequest, BodyTooLarge, ClientClosedRequest, InvalidParameter, RequestTimeout, UnsupportedMediaType
 
 # The raw body types taken. The declared type is a label, not a promise: the format is read from the bytes
 # (service/decode.py), so PNG bytes sent as image/jpeg are served as the PNG they are, as octet-stream bytes are.
@@ -36,6 +36,8 @@ async def read_limited(request: Request, limit: int, timeout_s: float) -> bytes:
             return await _read_body(request, limit)
     except TimeoutError:
         raise RequestTimeout(f"the body was not received within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise ClientClosedRequest("the client closed the connection before its body was complete") from None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from service.api.body import IMAGE_MEDIA_TYPES, read_image
 from service.api.deps import DetectorDep
+from service.api.disconnect import cancel_on_disconnect
 from service.api.problems import problem_responses
 from service.detector import Detector, DetectParams
 from service.errors import InvalidParameter
@@ -79,7 +80,7 @@ async def detect(
     """Detects objects in one image, sent as the raw body (image/jpeg, image/png, ...) or as multipart field `image`."""
     params = replace(detect_params(query, x_request_timeout, detector), arrived=request.state.arrived)
     data = await read_image(request, detector.settings.max_body_bytes, detector.settings.body_timeout_s)
-    response = await detector.detect(data, params)
+    response = await cancel_on_disconnect(request, detector.detect(data, params))
     request.state.batch_size = response.batch_size
     return response
 

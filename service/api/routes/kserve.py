@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 from service import kserve
 from service.api.body import read_limited
 from service.api.deps import DetectorDep
+from service.api.disconnect import cancel_on_disconnect
 from service.detector import Detector, DetectParams
 from service.errors import ModelNotFound, ServiceError
 from service.schemas import DetectResponse, InferRequestBody, InferResponseBody, ProtocolErrorBody, inline_schema
@@ -202,7 +203,7 @@ async def infer(request: Request, detector: ModelDep) -> Response:
     params = replace(
         kserve.detect_params(parsed.parameters, detector.manifest.max_detections, detector.resolve_classes), arrived=request.state.arrived
     )
-    responses = await detect_all(detector, parsed.images, params)
+    responses = await cancel_on_disconnect(request, detect_all(detector, parsed.images, params))
     request.state.batch_size = max(response.batch_size for response in responses)
     content, header_length = kserve.encode_infer_response(detector.manifest, parsed, kserve.detection_tensors(responses))
     if header_length is None:

@@ -17,21 +17,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.helpers import REPO
+from tests.service.load import same_detections
 
 
 def _detect(client: httpx.Client, image: bytes, score: float, iou: float) -> httpx.Response:
     return client.post(f"/detect?score_threshold={score}&iou_threshold={iou}", content=image, headers={"Content-Type": "image/jpeg"})
-
-
-def _same_detections(a: list[dict], b: list[dict]) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):
-        if x["label"] != y["label"] or abs(x["score"] - y["score"]) > 1e-5:
-            return False
-        if any(abs(x["box"][k] - y["box"][k]) > 1e-2 for k in ("x1", "y1", "x2", "y2")):
-            return False
-    return True
 
 
 def test_concurrent_mixed_requests_equal_each_request_alone(start_server, scene_images: list[bytes]) -> None:  # type: ignore[no-untyped-def]
@@ -43,7 +33,7 @@ def test_concurrent_mixed_requests_equal_each_request_alone(start_server, scene_
     alone = [_detect(client, *r) for r in requests]
     assert all(r.status_code == 200 for r in batched + alone)
     for together, single in zip(batched, alone, strict=True):
-        assert _same_detections(together.json()["detections"], single.json()["detections"])
+        assert same_detections(together.json()["detections"], single.json()["detections"])
     assert any(r.json()["detections"] for r in batched)
 
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}

@@ -66,8 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     # The last added runs first: request context (IDs, logs, metrics) sees every answer, CORS answers
     # preflights before the key check, the key check comes before admission, and admission before any
-    # route reads a body.
-    # Waiting requests (max_queue) plus one running batch; the batcher's own queue check stays as a backstop.
+    # route reads a body. Admission holds the waiting requests (max_queue) plus one running batch; the
+    # batcher's own queue check stays as a backstop.
     admission_limit = settings.max_queue + settings.max_batch_size
     app.add_middleware(AdmissionMiddleware, limit=admission_limit, metrics=app.state.metrics)
     if settings.api_key_list:
@@ -105,10 +105,7 @@ def document_api_keys(app: FastAPI, protect_health: bool) -> None:
                     continue
                 for operation in operations.values():
                     operation["security"] = [{"bearer": []}, {"apiKey": []}]
-                    operation.setdefault("responses", {})["401"] = {
-                        "description": "Unauthorized: no API key, or a wrong one",
-                        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-                    }
+                    operation.setdefault("responses", {})["401"] = problems.problem_responses(401)[401]
             app.openapi_schema = schema
         return app.openapi_schema
 

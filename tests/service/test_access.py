@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,7 +73,9 @@ def test_the_schema_documents_the_keys(keyed_server: ServerProcess) -> None:
     schema = httpx.get(f"{keyed_server.url}/openapi.json").json()
     assert set(schema["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     detect = schema["paths"]["/detect"]["post"]
-    assert detect["security"] == [{"bearer": []}, {"apiKey": []}] and "401" in detect["responses"]
+    assert detect["security"] == [{"bearer": []}, {"apiKey": []}]
+    problem = detect["responses"]["401"]["content"]["application/problem+json"]["schema"]
+    assert "$ref" not in json.dumps(problem) and set(problem["properties"]) == {"type", "title", "status", "detail"}
     assert "security" not in schema["paths"]["/health/ready"]["get"]
 
 

@@ -77,6 +77,19 @@ def test_the_schema_documents_the_keys(keyed_server: ServerProcess) -> None:
     problem = detect["responses"]["401"]["content"]["application/problem+json"]["schema"]
     assert "$ref" not in json.dumps(problem) and set(problem["properties"]) == {"type", "title", "status", "detail"}
     assert "security" not in schema["paths"]["/health/ready"]["get"]
+    dangling = [ref for ref in _refs(schema) if ref.rsplit("/", 1)[-1] not in schema["components"]["schemas"]]
+    assert not dangling, dangling
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            yield node["$ref"]
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
 
 
 def test_health_and_metrics_can_be_protected(small_package) -> None:  # type: ignore[no-untyped-def]

@@ -53,8 +53,8 @@ class ServerProcess:
             [sys.executable, "-m", "service"], cwd=REPO, env=environment, stdout=self.log, stderr=subprocess.STDOUT
         )
 
-    def wait_ready(self, timeout: float = 90.0) -> httpx.Client:
-        client = httpx.Client(base_url=self.url, timeout=30.0)
+    def wait_ready(self, timeout: float = 90.0, headers: dict[str, str] | None = None) -> httpx.Client:
+        client = httpx.Client(base_url=self.url, timeout=30.0, headers=headers)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -14,7 +14,6 @@ from uvicorn.protocols.http import h11_impl
 from service import logs
 from service.api.problems import problem_response
 from service.main import create_app
-from service.manifest import PackageError, read_manifest
 from service.metrics import Metrics
 from service.settings import Settings, SettingsError, load_settings
 
@@ -69,8 +68,7 @@ def main() -> int:
     try:
         settings = load_settings()
         check_runtime(settings)
-        read_manifest(settings.model_dir)  # a broken manifest stops here with one clear line
-    except (SettingsError, PackageError) as error:
+    except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)

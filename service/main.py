@@ -18,7 +18,6 @@ from service.api.auth import DOCS_PATHS, HEALTH_PATHS, ApiKeyMiddleware
 from service.api.middleware import RequestContextMiddleware
 from service.api.routes import detect, health, kserve, models
 from service.detector import Detector
-from service.manifest import read_manifest
 from service.metrics import Metrics
 from service.settings import Settings, load_settings
 
@@ -42,7 +41,6 @@ async def _load(app: FastAPI) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    read_manifest(app.state.settings.model_dir)  # a missing or broken package stops the start at once
     loading = asyncio.create_task(_load(app), name="load-model")
     try:
         yield

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.manifest import PackageError, read_manifest
+
 ENV_PREFIX = "DETECTOR_"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default" / "package"
 
@@ -63,6 +65,10 @@ class Settings(BaseSettings):
     def _is_a_package(cls, value: Path) -> Path:
         if not (value / "model.json").is_file():
             raise ValueError(f"{value} is not a model package directory (no model.json in it)")
+        try:
+            read_manifest(value)  # a broken manifest stops the start here, like any bad setting
+        except PackageError as error:
+            raise ValueError(str(error)) from error
         return value
 
     @field_validator("providers")

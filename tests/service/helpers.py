@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -78,6 +80,17 @@ class ServerProcess:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+@contextlib.contextmanager
+def serving(package: Path, **env: str) -> Iterator[ServerProcess]:
+    """A ready server on ``package`` for a with-block (a module's fixture), stopped at its end."""
+    server = ServerProcess({"DETECTOR_MODEL_DIR": str(package), "DETECTOR_INTRA_OP_THREADS": "1", **env})
+    try:
+        server.wait_ready().close()
+        yield server
+    finally:
+        server.stop()
 
 
 def solid_image(width: int, height: int, colour: tuple[int, int, int] = (120, 130, 140)) -> Image.Image:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.helpers import ServerProcess
+from tests.service.helpers import ServerProcess, serving
 
 KEYS = ("first-key-0123456789abcdef", "second-key-zyxwvutsrq987654")
 ORIGIN = "https://app.example"
@@ -17,10 +17,8 @@ ORIGIN = "https://app.example"
 
 @pytest.fixture(scope="module")
 def keyed_server(small_package) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
-    server = ServerProcess({"DETECTOR_MODEL_DIR": str(small_package), "DETECTOR_API_KEYS": ",".join(KEYS), "DETECTOR_CORS_ORIGINS": ORIGIN})
-    server.wait_ready()
-    yield server
-    server.stop()
+    with serving(small_package, DETECTOR_API_KEYS=",".join(KEYS), DETECTOR_CORS_ORIGINS=ORIGIN) as server:
+        yield server
 
 
 def _post_image(server: ServerProcess, image: bytes, headers: dict[str, Any]) -> httpx.Response:

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service import corpus
 from tests.service.corpus import Kind
-from tests.service.helpers import ServerProcess, png_bytes
+from tests.service.helpers import ServerProcess, png_bytes, serving
 
 PROBLEM_JSON = "application/problem+json"
 MAX_MEMORY_GROWTH = 100 * 1024 * 1024
@@ -30,10 +30,8 @@ LOW_SCORE = "score_threshold=0.05"  # low enough that the random test model find
 
 @pytest.fixture(scope="module")
 def server(small_package: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess({"DETECTOR_MODEL_DIR": str(small_package), "DETECTOR_INTRA_OP_THREADS": "1"})
-    process.wait_ready().close()
-    yield process
-    process.stop()
+    with serving(small_package) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from tests.service.helpers import ServerProcess
+from tests.service.helpers import ServerProcess, serving
 
 CONFIG = schemathesis.Config.from_dict(
     {
@@ -48,10 +48,8 @@ def _binary(ctx: schemathesis.SerializationContext, value: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def server(small_package: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess({"DETECTOR_MODEL_DIR": str(small_package), "DETECTOR_INTRA_OP_THREADS": "1"})
-    process.wait_ready().close()
-    yield process
-    process.stop()
+    with serving(small_package) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

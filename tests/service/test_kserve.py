@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 from model_export.synth import generate_image
 from service.main import create_app
 from service.settings import Settings
-from tests.service.helpers import ServerProcess, png_bytes
+from tests.service.helpers import ServerProcess, png_bytes, serving
 
 OUTPUTS = ["num_detections", "boxes", "scores", "labels"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -29,12 +29,8 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 @pytest.fixture(scope="module")
 def server(small_package: Path) -> Iterator[ServerProcess]:
     """One real server for the module; a long batch window so that one request's images share a graph run."""
-    process = ServerProcess(
-        {"DETECTOR_MODEL_DIR": str(small_package), "DETECTOR_INTRA_OP_THREADS": "1", "DETECTOR_MAX_BATCH_WAIT_MS": "300"}
-    )
-    process.wait_ready().close()
-    yield process
-    process.stop()
+    with serving(small_package, DETECTOR_MAX_BATCH_WAIT_MS="300") as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

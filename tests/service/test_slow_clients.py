@@ -128,31 +128,30 @@ def _assert_recovered(server: ServerProcess, client: httpx.Client, fds_before: i
     assert again.status_code == 200 and same_detections(again.json()["detections"], expected)
 
 
-def test_clients_that_leave_mid_body_leak_nothing(start_server: StartServer, scene_images: list[bytes]) -> None:
+def _leavers_leak_nothing(start_server: StartServer, image: bytes, leavers: list[Callable[[int], None]]) -> None:
+    """Runs each leaver (given the server's port) in its own thread, then checks that the server recovered."""
     server = start_server()
     client = server.wait_ready()
-    expected = client.post("/detect", content=scene_images[0], headers={"Content-Type": "image/jpeg"}).json()["detections"]
+    expected = client.post("/detect", content=image, headers={"Content-Type": "image/jpeg"}).json()["detections"]
     fds_before = process_stats(server.process.pid).open_fds
-    leavers = [threading.Thread(target=_leave_mid_body, args=(server.port, scene_images[0])) for _ in range(6)]
-    for thread in leavers:
+    threads = [threading.Thread(target=leave, args=(server.port,)) for leave in leavers]
+    for thread in threads:
         thread.start()
-    for thread in leavers:
+    for thread in threads:
         thread.join(timeout=30)
-    _assert_recovered(server, client, fds_before, scene_images[0], expected)
+    _assert_recovered(server, client, fds_before, image, expected)
+
+
+def test_clients_that_leave_mid_body_leak_nothing(start_server: StartServer, scene_images: list[bytes]) -> None:
+    image = scene_images[0]
+    _leavers_leak_nothing(start_server, image, [lambda port: _leave_mid_body(port, image)] * 6)
 
 
 def test_clients_that_leave_before_the_reply_leak_nothing(start_server: StartServer, scene_images: list[bytes]) -> None:
-    server = start_server()
-    client = server.wait_ready()
-    expected = client.post("/detect", content=scene_images[0], headers={"Content-Type": "image/jpeg"}).json()["detections"]
-    fds_before = process_stats(server.process.pid).open_fds
+    image = scene_images[0]
     # Together, and leaving after various times: some while queued, some during inference, some once answered.
-    leavers = [threading.Thread(target=_leave_before_the_reply, args=(server.port, scene_images[0], 0.02 * i)) for i in range(12)]
-    for thread in leavers:
-        thread.start()
-    for thread in leavers:
-        thread.join(timeout=30)
-    _assert_recovered(server, client, fds_before, scene_images[0], expected)
+    leavers = [lambda port, after=0.02 * i: _leave_before_the_reply(port, image, after) for i in range(12)]
+    _leavers_leak_nothing(start_server, image, leavers)
 
 
 def test_a_client_that_leaves_is_not_counted_as_a_server_error(start_server: StartServer, scene_images: list[bytes]) -> None:

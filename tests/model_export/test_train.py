@@ -31,14 +31,17 @@ def test_augmented_boxes_stay_on_the_canvas(small_dataset: Path) -> None:
             assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
 
 
-def test_loss_decreases_on_a_small_set(small_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bfloat16-autocast"])
+def test_loss_decreases_on_a_small_set(small_dataset: Path, tmp_path: Path, bf16: bool) -> None:
     dataset = load_dataset(small_dataset)
     loaded = _model(dataset)
-    config = TrainConfig(epochs=6, batch_size=4, lr=2e-3, warmup_iters=2, workers=0, augment=False)
+    config = TrainConfig(epochs=6, batch_size=4, lr=2e-3, warmup_iters=2, workers=0, augment=False, bf16=bf16)
     history = train(loaded, dataset, tmp_path / "model.pt", config)
     losses = [row["loss"] for row in history["iterations"]]
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.8 * first, f"loss went from {first:.3f} to {last:.3f}"
+    # Autocast computes in bfloat16 but keeps the weights, and so the checkpoint, in float32.
+    assert {p.dtype for p in load_checkpoint(tmp_path / "model.pt").model.parameters()} == {torch.float32}
 
 
 def test_resume_goes_on_from_the_saved_epoch(small_dataset: Path, tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ default-model: $(STAMP)
 	$(BIN)/python -m model_export synth --out data/train --count 5000 --seed 1
 	$(BIN)/python -m model_export synth --out data/val --count 300 --seed 2
 	$(BIN)/python -m model_export synth --out data/test --count 500 --seed 3
-	$(BIN)/python -m model_export train --data data/train --val data/val --out runs/default/model.pt --epochs 10 --seed 0 --bf16
+	$(BIN)/python -m model_export train --data data/train --val data/val --out runs/default/model.pt --epochs 11 --seed 0 --bf16
 	cp runs/default/model.pt models/default/model.pt
 	cp runs/default/model.loss.png models/default/loss.png
 	$(BIN)/python -m model_export evaluate --data data/test --checkpoint models/default/model.pt --json models/default/eval.json --plot models/default/pr.png

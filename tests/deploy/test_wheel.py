@@ -1,0 +1,153 @@
+"""The package as a user installs it: the wheel, non-editable, with the ``serve`` extra, in a fresh
+virtual environment outside the checkout, serving the default model.
+
+An editable install (what ``make setup`` does) serves every module straight from the checkout, so a
+module the wheel leaves out, or an import of torch on the serving side, only shows up here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import venv
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model_export.synth import generate_image
+from tests.deploy.tools import REPO
+from tests.service.helpers import free_port, png_bytes, serving
+from tests.service.load import same_detections
+
+pytestmark = pytest.mark.slow
+
+DEFAULT_PACKAGE = REPO / "models" / "default" / "package"
+# A synthetic scene the default model has never seen (its data sets use seeds 1, 2 and 3).
+SCENE_SEED, SCENE_INDEX = 77, 4
+
+
+def run(command: list[str], cwd: Path, timeout_s: float) -> None:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(command)} exited with {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}", pytrace=False
+        )
+
+
+def copy_sources(destination: Path) -> Path:
+    """The files git would ship (tracked, or new and not ignored), and nothing a local build left behind.
+
+    setuptools never empties its ``build/`` folder, so a wheel built in the checkout may carry a module
+    from an earlier build that the current configuration leaves out.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True, timeout=60
+    )
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = REPO / name
+        if source.is_file() and not name.startswith("models/"):
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def installed_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a fresh virtual environment holding the project's wheel and its ``serve`` extra only."""
+    root = tmp_path_factory.mktemp("wheel")
+    sources = copy_sources(root / "src")
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), "."], sources, 300)
+    (wheel,) = (root / "dist").glob("*.whl")
+    venv.create(root / "venv", with_pip=True)
+    python = root / "venv" / "bin" / "python"
+    run([str(python), "-m", "pip", "install", "-q", f"{wheel}[serve]"], root, 600)
+    return python
+
+
+def test_the_wheel_leaves_out_torch_and_the_checkout(installed_python: Path) -> None:
+    """The serving extra brings no torch, and the package imports from site-packages, not from here."""
+    probe = "import importlib.util as u, service.api.routes as r; print(u.find_spec('torch') is None, r.__file__)"
+    result = subprocess.run(
+        [str(installed_python), "-c", probe], cwd=installed_python.parents[2], capture_output=True, text=True, timeout=60, env=clean_env()
+    )
+    assert result.returncode == 0, result.stderr
+    no_torch, location = result.stdout.split()
+    assert no_torch == "True", "the serve extra installs torch"
+    assert "site-packages" in location and not location.startswith(str(REPO)), location
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without anything that points Python at the checkout."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("PYTHON", "DETECTOR_", "VIRTUAL_ENV"))}
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="module")
+def wheel_server(installed_python: Path) -> Iterator[httpx.Client]:
+    """``python -m service`` from the installed wheel, started outside the checkout, on the default package."""
+    port = free_port()
+    env = clean_env(
+        DETECTOR_MODEL_DIR=str(DEFAULT_PACKAGE), DETECTOR_HOST="127.0.0.1", DETECTOR_PORT=str(port), DETECTOR_INTRA_OP_THREADS="1"
+    )
+    log_path = installed_python.parents[2] / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [str(installed_python), "-m", "service"], cwd=installed_python.parents[2], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
+            wait_until_ready(client, process, log_path)
+            yield client
+    finally:
+        if process.poll() is None:  # one that exited early has failed the fixture already
+            process.terminate()
+            assert process.wait(timeout=40) == 0, f"SIGTERM did not stop the server cleanly: {log_path.read_text()[-3000:]}"
+
+
+def wait_until_ready(client: httpx.Client, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the installed server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}", pytrace=False)
+        try:
+            if client.get("/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"the installed server was not ready within {timeout_s} s:\n{log_path.read_text()[-3000:]}", pytrace=False)
+
+
+def found(annotation: dict, detections: list[dict], min_iou: float = 0.5) -> bool:
+    """Whether a detection of the annotation's class overlaps its box by ``min_iou`` or more."""
+    x, y, w, h = annotation["bbox"]
+    truth = (x, y, x + w, y + h)
+    return any(
+        detection["label"] == annotation["category_id"]
+        and iou(truth, tuple(detection["box"][k] for k in ("x1", "y1", "x2", "y2"))) >= min_iou
+        for detection in detections
+    )
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    overlap = width * height
+    return overlap / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap)
+
+
+def test_the_installed_server_detects_as_the_checkout_does(wheel_server: httpx.Client) -> None:
+    image, annotations = generate_image(SCENE_SEED, SCENE_INDEX)
+    body = png_bytes(image)
+    answer = wheel_server.post("/detect", content=body, headers={"Content-Type": "image/png"}, params={"score_threshold": 0.5})
+    assert answer.status_code == 200, answer.text
+    detections = answer.json()["detections"]
+    assert annotations and all(found(annotation, detections) for annotation in annotations), "every object of the scene is found"
+    with serving(DEFAULT_PACKAGE) as checkout, httpx.Client(base_url=checkout.url, timeout=30.0) as client:
+        expected = client.post("/detect", content=body, headers={"Content-Type": "image/png"}, params={"score_threshold": 0.5})
+    assert same_detections(detections, expected.json()["detections"])

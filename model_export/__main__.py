@@ -213,11 +213,20 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 def _add_build_engine(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("build-engine", help="build a TensorRT engine for this GPU into a package")
+    parser = commands.add_parser(
+        "build-engine",
+        help="build a TensorRT engine for this GPU into a package",
+        description="TensorRT 11 builds strongly typed networks: the engine's precision is the graph's. "
+        "--fp16 first converts model.onnx to an fp16 graph (model.fp16.onnx, on the CPU); --graph builds another graph made from it.",
+    )
     parser.add_argument("--package", type=Path, required=True, help="model package directory")
-    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument(
+        "--fp16", action="store_true", help="build from an fp16 graph made from model.onnx (box decoding, TopK, NMS, RoiAlign stay fp32)"
+    )
+    precision.add_argument("--graph", type=Path, help="build from this graph instead (fp16, or int8 with Q/DQ nodes), made from model.onnx")
     parser.add_argument("--batch", default="1:8:16", help="optimization profile MIN:OPT:MAX over the batch (default 1:8:16)")
-    parser.add_argument("--workspace-mb", type=int, default=2048)
+    parser.add_argument("--workspace-mb", type=int, default=2048, help="TensorRT's workspace limit in MiB (default 2048)")
     parser.set_defaults(run=_run_build_engine)
 
 
@@ -225,8 +234,10 @@ def _run_build_engine(args: argparse.Namespace) -> None:
     from model_export.engine import EngineConfig, build_engine, parse_profile
 
     low, opt, high = parse_profile(args.batch)
-    path = build_engine(args.package, EngineConfig(low, opt, high, args.fp16, args.workspace_mb))
-    print(f"wrote {path}")
+    started = time.monotonic()
+    config = EngineConfig(low, opt, high, fp16=args.fp16, workspace_mb=args.workspace_mb, graph=args.graph)
+    path = build_engine(args.package, config, progress=lambda line: print(f"{line} (a few minutes)", flush=True))
+    print(f"wrote {path} and {path.with_suffix('.json').name} in {time.monotonic() - started:.0f} s")
 
 
 def build_parser() -> argparse.ArgumentParser:

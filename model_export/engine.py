@@ -1,21 +1,37 @@
-"""TensorRT engine build from a model package, with TensorRT's Python API (GPU hosts only).
+"""TensorRT engine build from a model package, with TensorRT 11's Python API (GPU hosts only).
+
+TensorRT 11 networks are strongly typed: every tensor's type comes from the
+graph, and the weak-typing builder flags (FP16, INT8, BF16, the precision
+constraints, the INT8 calibrator) are gone. The engine's precision is therefore
+the graph's: the package's float32 ``model.onnx``; the fp16 graph that ``--fp16``
+makes from it on the CPU (``model_export.precision``); or a graph given with
+``--graph``, made from ``model.onnx`` by another tool (an fp16 graph, or an int8
+one with Q/DQ nodes).
 
 The engine covers the whole graph (NonMaxSuppression and RoiAlign are native
-layers since TensorRT 8.5), with one optimization profile over the batch. The
-engine and its manifest are written into the package, named after the GPU,
-since an engine only runs on the GPU kind it was built for.
+layers), with one optimization profile over the batch. It is written into the
+package with its manifest, named after the GPU, since an engine only runs on
+the GPU kind it was built for.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from model_export.package import ONNX_FILE, read_manifest
+from model_export.precision import PrecisionError, graph_precision, write_fp16_graph
+from service.engines.engine_manifest import BatchProfile, EngineManifest, gpu_slug
+from service.gpu import gpu_problem, has_gpu
+from service.manifest import sha256_of
+
+MIN_TENSORRT_MAJOR = 11
+FP16_GRAPH_FILE = "model.fp16.onnx"
+gpu_present = has_gpu  # the name tests/model_export/test_export.py imports
 
 
 class EngineBuildError(RuntimeError):
@@ -27,14 +43,19 @@ class EngineConfig:
     min_batch: int = 1
     opt_batch: int = 8
     max_batch: int = 16
-    fp16: bool = False
+    fp16: bool = False  # build from an fp16 graph made from model.onnx
     workspace_mb: int = 2048
+    graph: Path | None = None  # build from this graph (fp16, or int8 with Q/DQ nodes) instead of model.onnx
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise EngineBuildError(
                 f"the batch profile should satisfy 1 <= min <= opt <= max, got {self.min_batch}:{self.opt_batch}:{self.max_batch}"
             )
+        if self.fp16 and self.graph is not None:
+            raise EngineBuildError(f"--fp16 makes an fp16 graph from model.onnx; --graph {self.graph} gives one: ask for one of the two")
+        if self.workspace_mb < 1:
+            raise EngineBuildError(f"--workspace-mb should be at least 1, got {self.workspace_mb}")
 
 
 def parse_profile(text: str) -> tuple[int, int, int]:
@@ -46,78 +67,112 @@ def parse_profile(text: str) -> tuple[int, int, int]:
     return low, opt, high
 
 
-def gpu_present() -> bool:
-    return shutil.which("nvidia-smi") is not None and any(Path("/dev").glob("nvidia[0-9]*"))
+def source_graph(package: Path, config: EngineConfig) -> Path:
+    """The graph TensorRT parses: --graph, the fp16 graph made from model.onnx (written into the package), or model.onnx."""
+    if config.graph is not None:
+        if not config.graph.is_file():
+            raise EngineBuildError(f"--graph {config.graph}: no such file")
+        return config.graph
+    if config.fp16:
+        try:
+            return write_fp16_graph(package / ONNX_FILE, package / FP16_GRAPH_FILE)
+        except PrecisionError as error:
+            raise EngineBuildError(f"{package / ONNX_FILE}: no fp16 graph can be made from it: {error}") from error
+    return package / ONNX_FILE
 
 
-def engine_file_name(gpu_name: str, fp16: bool) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
-    return f"model.{slug}.{'fp16' if fp16 else 'fp32'}.engine"
+def check_graph_io(model: onnx.ModelProto, manifest: dict[str, Any], path: Path) -> None:
+    """The graph's inputs and outputs must be the package's (names and element types), whatever its inner precision."""
+    declared = {spec["name"]: spec["dtype"] for spec in [*manifest["inputs"], *manifest["outputs"]]}
+    actual = {
+        tensor.name: onnx.helper.tensor_dtype_to_np_dtype(tensor.type.tensor_type.elem_type).name
+        for tensor in [*model.graph.input, *model.graph.output]
+    }
+    wrong = [
+        f"{name}: {actual.get(name, 'missing')}, the package says {dtype}" for name, dtype in declared.items() if actual.get(name) != dtype
+    ]
+    if wrong:
+        raise EngineBuildError(f"{path}: its inputs and outputs are not the package's: " + "; ".join(wrong))
 
 
 def _import_tensorrt() -> Any:
-    if not gpu_present():
-        raise EngineBuildError("no NVIDIA GPU on this machine: TensorRT engines are built on, and for, the GPU that will run them")
+    problem = gpu_problem()
+    if problem is not None:
+        raise EngineBuildError(f"{problem} (TensorRT engines are built on, and for, the GPU that will run them)")
     try:
         import tensorrt
     except ImportError as error:
         raise EngineBuildError("TensorRT's Python package is not installed: pip install -e '.[tensorrt]'") from error
+    if int(tensorrt.__version__.split(".")[0]) < MIN_TENSORRT_MAJOR:
+        raise EngineBuildError(
+            f"TensorRT {tensorrt.__version__} is installed; this build needs {MIN_TENSORRT_MAJOR} (strongly typed networks)"
+        )
     return tensorrt
 
 
-def build_engine(package: Path, config: EngineConfig) -> Path:
+def build_engine(package: Path, config: EngineConfig, progress: Callable[[str], None] = lambda _: None) -> Path:
     """Builds the engine into the package; returns its path. Raises EngineBuildError with every parser error."""
     trt = _import_tensorrt()
+    from service.engines.cuda import device_name
+
+    package = Path(package)
     manifest = read_manifest(package)
     if config.max_batch > int(manifest["max_batch"]):
         raise EngineBuildError(f"the profile's max batch {config.max_batch} exceeds the graph's max_batch {manifest['max_batch']}")
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    onnx_path = Path(package) / ONNX_FILE
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineBuildError(f"{onnx_path}: TensorRT's ONNX parser reported {len(errors)} error(s):\n  " + "\n  ".join(errors))
-
-    build_config = builder.create_builder_config()
-    build_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mb << 20)
-    if config.fp16:
-        build_config.set_flag(trt.BuilderFlag.FP16)
-    height, width = manifest["canvas"]
-    profile = builder.create_optimization_profile()
-    profile.set_shape(
-        "images", (config.min_batch, height, width, 3), (config.opt_batch, height, width, 3), (config.max_batch, height, width, 3)
+    graph_path = source_graph(package, config)
+    model = onnx.load(str(graph_path))
+    check_graph_io(model, manifest, graph_path)
+    gpu, precision = device_name(), graph_precision(model)
+    progress(
+        f"building a {precision} TensorRT {trt.__version__} engine of {graph_path.name} for {gpu}, batches {config.min_batch}..{config.max_batch}"
     )
-    build_config.add_optimization_profile(profile)
-    cache_path = Path(package) / "tensorrt.timing.cache"
-    cache = build_config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    build_config.set_timing_cache(cache, ignore_mismatch=False)
-
-    serialized = builder.build_serialized_network(network, build_config)
-    if serialized is None:
-        raise EngineBuildError(f"{onnx_path}: TensorRT could not build an engine (see the log above)")
-    cache_path.write_bytes(memoryview(build_config.get_timing_cache().serialize()))
-
-    gpu_name = _gpu_name()
-    engine_path = Path(package) / engine_file_name(gpu_name, config.fp16)
+    cache_path = package / f"tensorrt.{gpu_slug(gpu)}.timing.cache"
+    serialized = _serialize(trt, graph_path, tuple(manifest["canvas"]), config, precision, cache_path)
+    engine_path = package / f"{EngineManifest.file_stem(gpu, precision)}.engine"
     engine_path.write_bytes(memoryview(serialized))
-    engine_manifest = {
-        "engine_file": engine_path.name,
-        "tensorrt": trt.__version__,
-        "gpu": gpu_name,
-        "precision": "fp16" if config.fp16 else "fp32",
-        "profile": {"images": {"min": config.min_batch, "opt": config.opt_batch, "max": config.max_batch}},
-        "onnx_sha256": manifest["onnx_sha256"],
-        "config": asdict(config),
-    }
-    engine_path.with_suffix(".json").write_text(json.dumps(engine_manifest, indent=2))
+    EngineManifest(
+        engine_file=engine_path.name,
+        tensorrt=trt.__version__,
+        gpu=gpu,
+        precision=precision,
+        profile=BatchProfile(min=config.min_batch, opt=config.opt_batch, max=config.max_batch),
+        onnx_sha256=manifest["onnx_sha256"],
+        graph_file=graph_path.name,
+        graph_sha256=sha256_of(graph_path),
+        workspace_mb=config.workspace_mb,
+    ).write(package)
     return engine_path
 
 
-def _gpu_name() -> str:
-    import subprocess
+def _parse(trt: Any, builder: Any, logger: Any, graph_path: Path) -> Any:
+    # Creation flags 0: TensorRT 11 networks are always strongly typed (its STRONGLY_TYPED flag is deprecated and ignored).
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(graph_path)):
+        errors = [str(parser.get_error(index)) for index in range(parser.num_errors)]
+        raise EngineBuildError(f"{graph_path}: TensorRT's ONNX parser reported {len(errors)} error(s):\n  " + "\n  ".join(errors))
+    return network
 
-    result = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, check=False)
-    names = result.stdout.strip().splitlines()
-    return names[0].strip() if names else "unknown-gpu"
+
+def _serialize(trt: Any, graph_path: Path, canvas: tuple[int, ...], config: EngineConfig, precision: str, cache_path: Path) -> Any:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = _parse(trt, builder, logger, graph_path)
+    build_config = builder.create_builder_config()
+    build_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mb << 20)
+    if precision == "fp32":
+        # TF32 (on by default) rounds float32 convolutions to a 10-bit mantissa: an engine called fp32 computes in fp32.
+        build_config.clear_flag(trt.BuilderFlag.TF32)
+    height, width = canvas
+    profile = builder.create_optimization_profile()
+    shapes = [(batch, height, width, 3) for batch in (config.min_batch, config.opt_batch, config.max_batch)]
+    profile.set_shape("images", *shapes)
+    build_config.add_optimization_profile(profile)
+    # The timing cache (per GPU kind) makes a rebuild on the same GPU take seconds instead of minutes.
+    cache = build_config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    build_config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, build_config)
+    if serialized is None:
+        raise EngineBuildError(f"{graph_path}: TensorRT could not build an engine (see its log above)")
+    cache_path.write_bytes(memoryview(build_config.get_timing_cache().serialize()))
+    return serialized

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +11,15 @@ import torch
 from model_export.architectures import build_model
 from model_export.checkpoint import LoadedModel
 from model_export.synth import generate_image
+from service.gpu import gpu_problem
 from service.letterbox import PAD_VALUE, letterbox
 
 
-def has_gpu() -> bool:
-    return shutil.which("nvidia-smi") is not None and os.path.exists("/dev/nvidia0")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if has_gpu():
+    problem = gpu_problem()
+    if problem is None:
         return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU; none on this machine")
+    skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU; {problem}")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -35,13 +35,41 @@ def choose_providers(asked: Sequence[str] | None, available: list[str]) -> list[
 
 
 def provider_options(provider: str, fp16: bool, cache_dir: Path | None) -> dict[str, Any]:
-    if provider == "TensorrtExecutionProvider":
-        options: dict[str, Any] = {"trt_fp16_enable": fp16}
-        if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir), "trt_timing_cache_enable": True}
-        return options
-    return {}
+    """ONNX Runtime's options for one execution provider: the TensorRT provider's precision and engine cache; none for the others.
+
+    ``trt_fp16_enable`` lets the TensorRT provider pick fp16 kernels for a float32 graph; it is TensorRT's weak typing,
+    so it only has an effect with a TensorRT before 11 (what onnxruntime-gpu 1.31.1's provider links: libnvinfer.so.10).
+    """
+    if provider != PROVIDER_NAMES["tensorrt"]:
+        return {}
+    options: dict[str, Any] = {"trt_fp16_enable": fp16}
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Engines and timing caches per subgraph and GPU kind: a restart reuses them instead of building for minutes.
+        options |= {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache_dir),
+        }
+    return options
+
+
+def check_started(chosen: Sequence[str], started: Sequence[str], explicit: bool) -> list[str]:
+    """The chosen providers ONNX Runtime could not start (it falls back to the next ones silently, but for a log line).
+
+    Asked for by name (``explicit``), a provider that did not start is an error: running on another would hide it.
+    """
+    missing = [name for name in chosen if name not in started]
+    if missing and explicit:
+        raise RuntimeError(
+            f"ONNX Runtime could not start {', '.join(missing)} (see its log above for the library it lacks); it offered {', '.join(started)}"
+        )
+    return missing
+
+
+def uses_gpu(providers: Sequence[str]) -> bool:
+    return any(name in (PROVIDER_NAMES["tensorrt"], PROVIDER_NAMES["cuda"]) for name in providers)
 
 
 ONNX_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64"}
@@ -83,6 +111,9 @@ class OnnxRuntimeEngine:
         # Idle inference threads sleep instead of spinning: the decode threads share these cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = Path(package) / manifest.onnx_file
+        if uses_gpu(chosen):
+            # The CUDA and cuDNN libraries of the nvidia-* wheels are not on the loader's path; torch would load them, the service has none.
+            ort.preload_dlls()
         try:
             self.session = ort.InferenceSession(
                 str(path), options, providers=[(name, provider_options(name, trt_fp16, trt_cache_dir)) for name in chosen]
@@ -91,6 +122,9 @@ class OnnxRuntimeEngine:
             raise PackageError(f"{path}: ONNX Runtime cannot load this graph: {error}") from error
         check_signature(self.session, manifest, path)
         self.providers = self.session.get_providers()
+        missing = check_started(chosen, self.providers, explicit=providers is not None)
+        if missing:
+            log.warning("execution providers did not start", extra={"missing": missing, "providers": self.providers})
         self.intra_op_threads = intra_op_threads
         log.info("onnxruntime session ready", extra={"providers": self.providers})
 

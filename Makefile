@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint demo default-model bench soak deploy-tools clean
+.PHONY: setup serve test lint demo default-model bench soak deploy-tools gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,13 @@ default-model: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.export_speed
 	$(BIN)/python -m bench
+
+# On a GPU host: the GPU extras into .venv, an fp16 TensorRT engine of the default model, the gpu-marked tests and a short
+# GPU benchmark into bench/results/gpu/ (held to 8 minutes after setup). Stops at once, saying why, where there is no GPU.
+gpu-check:
+	@$(PYTHON) -m service.gpu || { echo "make gpu-check: needs a host with an NVIDIA GPU and its driver" >&2; exit 2; }
+	$(MAKE) setup
+	bench/gpu-check.sh $(VENV)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

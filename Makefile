@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint demo default-model bench soak deploy-tools gpu-check clean
+.PHONY: setup serve test lint demo default-model bench soak deploy-tools image-test gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ $(DEPLOY_TOOLS): deploy/install-test-tools.sh $(STAMP)
 
 deploy-tools: $(DEPLOY_TOOLS)
 
+IMAGE_TOOLS := $(VENV)/.image-tools
+
+# Podman, buildah and podman-compose for the image tests, where no Docker engine answers.
+$(IMAGE_TOOLS): deploy/install-image-tools.sh $(STAMP)
+	deploy/install-image-tools.sh $(VENV)
+	touch $(IMAGE_TOOLS)
+
 # The service on the embedded default model, on port 8000 (DETECTOR_* variables configure it).
 serve: $(STAMP)
 	$(BIN)/python -m service
@@ -37,11 +44,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) $(DEPLOY_TOOLS)
+# Everything, the image tests included (tests/deploy/test_image.py: about 5 minutes, 7 to 10 on a fresh machine).
+test: $(STAMP) $(DEPLOY_TOOLS) $(IMAGE_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Only the image tests: builds the CPU image and runs it, then compose's cpu profile with Prometheus.
+# Docker where an engine answers, else Podman; with CI set, a missing container engine fails instead of skipping.
+image-test: $(STAMP) $(IMAGE_TOOLS)
+	$(BIN)/pytest -m image tests/deploy/test_image.py
 
 # The soak test for longer than CI's 3 minutes: `make soak` (30 minutes) or `make soak SOAK_SECONDS=7200`.
 SOAK_SECONDS ?= 1800

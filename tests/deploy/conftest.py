@@ -19,3 +19,11 @@ def small_package(tmp_path_factory: pytest.TempPathFactory, random_model) -> Pat
     )
     export_package(loaded, package, config)
     return package
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """What the image tests measured (their record_property values named image_*), shown whatever -s or -q say."""
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        for name, value in getattr(report, "user_properties", []):
+            if name.startswith("image_"):
+                terminalreporter.write_line(f"{name}: {value}")

@@ -1,4 +1,4 @@
-"""The Dockerfile: hadolint, and what it promises about the images (no Docker engine runs here)."""
+"""The Dockerfile: hadolint, and what it promises about the GPU image, which is built nowhere here (test_image.py builds and runs the CPU one)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint demo default-model bench soak deploy-tools image-test gpu-check clean
+.PHONY: setup serve test lint demo default-model bench soak deploy-tools image-test mutants gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,13 +43,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy --explicit-package-bases tests/mutants.py tests/deploy/containers.py tests/deploy/test_image.py
 
-# Everything, the image tests included (tests/deploy/test_image.py: about 5 minutes, 7 to 10 on a fresh machine).
-test: $(STAMP) $(DEPLOY_TOOLS) $(IMAGE_TOOLS)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+# Everything: lint, the suite with the image tests (tests/deploy/test_image.py: about 5 minutes, 7 to 10 on a fresh
+# machine), then the mutants (the suite's own check).
+test: lint $(DEPLOY_TOOLS) $(IMAGE_TOOLS)
 	$(BIN)/pytest
+	$(BIN)/python -m tests.mutants
+
+# Each deliberate bug in tests/mutants.py, put into a temporary copy of the tree, must fail the tests that promise
+# its behaviour; the same tests must pass on an unmutated copy first (3 to 6 minutes on 2 CPU cores).
+mutants: $(STAMP)
+	$(BIN)/python -m tests.mutants
 
 # Only the image tests: builds the CPU image and runs it, then compose's cpu profile with Prometheus.
 # Docker where an engine answers, else Podman; with CI set, a missing container engine fails instead of skipping.

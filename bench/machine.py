@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from service.gpu import gpu_names
 
 
 def cpu_model() -> str:
@@ -31,17 +31,6 @@ def memory_gb() -> float | None:
     return round(int(total.split()[1]) / 1024**2, 1) if total else None
 
 
-def gpus() -> list[str]:
-    """The NVIDIA GPUs' names, as nvidia-smi reports them; none without it."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
-
-
 def versions(packages: tuple[str, ...] = ("torch", "torchvision", "fastapi", "uvicorn", "httpx", "pillow")) -> dict[str, str]:
     """Installed versions, read from the package metadata (nothing is imported)."""
     found = {}
@@ -61,7 +50,7 @@ def describe() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory_gb": memory_gb(),
-        "gpu": ", ".join(gpus()),
+        "gpu": ", ".join(gpu_names()),
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "providers": onnxruntime.get_available_providers(),

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import onnxruntime
 
 from bench.config import BenchConfig
 from bench.servers import ServerSpec
+from service.gpu import has_gpu
 from service.manifest import ModelManifest
 
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
@@ -16,8 +14,7 @@ GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 
 def gpu_present() -> bool:
     """An NVIDIA GPU, and an onnxruntime that can use it."""
-    has_device = shutil.which("nvidia-smi") is not None and os.path.exists("/dev/nvidia0")
-    return has_device and bool(GPU_PROVIDERS & set(onnxruntime.get_available_providers()))
+    return has_gpu() and bool(GPU_PROVIDERS & set(onnxruntime.get_available_providers()))
 
 
 def engine_env(config: BenchConfig, device: str) -> dict[str, str]:

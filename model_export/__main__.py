@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model_export.architectures import ARCHITECTURES, COMPACT_ARCH
+from model_export.arch_names import ARCH_NAMES, COMPACT_ARCH
+from model_export.errors import CommandError
 
 if TYPE_CHECKING:  # the command line imports torch only for the subcommands that need it
     from model_export.checkpoint import LoadedModel
@@ -57,7 +58,7 @@ def _run_synth(args: argparse.Namespace) -> None:
 def _add_train(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="train a Faster R-CNN on a COCO-format data set")
     parser.add_argument("--data", type=Path, required=True, help="training data set directory (annotations.json + images)")
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=COMPACT_ARCH, help=f"architecture (default {COMPACT_ARCH})")
+    parser.add_argument("--arch", choices=sorted(ARCH_NAMES), default=COMPACT_ARCH, help=f"architecture (default {COMPACT_ARCH})")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint to write after every epoch")
     parser.add_argument("--val", type=Path, help="validation data set: COCO mAP after every epoch")
     parser.add_argument("--epochs", type=_positive, default=12)
@@ -138,7 +139,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate with torchvision (eager)")
     source.add_argument("--package", type=Path, help="model package to evaluate with ONNX Runtime")
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture of a plain state_dict")
+    parser.add_argument("--arch", choices=sorted(ARCH_NAMES), help="architecture of a plain state_dict")
     parser.add_argument("--categories", type=Path, help="class names of a plain state_dict")
     parser.add_argument("--canvas", type=parse_canvas, help="canvas HxW (default: the checkpoint's)")
     parser.add_argument("--json", type=Path, help="write map, map50 and per_class here")
@@ -175,7 +176,7 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("export", help="export a checkpoint to a model package (ONNX graph + manifest), verified")
     parser.add_argument("--checkpoint", type=Path, required=True, help="project checkpoint or torchvision state_dict")
     parser.add_argument("--out", type=Path, required=True, help="package directory to write (replaced whole on success)")
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture of a plain state_dict")
+    parser.add_argument("--arch", choices=sorted(ARCH_NAMES), help="architecture of a plain state_dict")
     parser.add_argument("--categories", type=Path, help="class names of a plain state_dict (JSON list or one per line)")
     parser.add_argument("--canvas", type=parse_canvas, help="canvas HxW (default: the checkpoint's, else 320x320)")
     parser.add_argument("--max-batch", type=int, default=16, help="largest batch the graph accepts (default 16)")
@@ -253,14 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from model_export.checkpoint import CheckpointError
-    from model_export.coco import DatasetError
-    from model_export.engine import EngineBuildError
-    from model_export.export import ExportError
-
     try:
         args.run(args)
-    except (DatasetError, CheckpointError, ExportError, EngineBuildError, FileNotFoundError, FloatingPointError) as error:
+    except (CommandError, FileNotFoundError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

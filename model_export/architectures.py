@@ -25,7 +25,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-COMPACT_ARCH = "fasterrcnn_compact_fpn"
+from model_export.arch_names import ARCH_NAMES, COMPACT_ARCH
 
 # The compact model's widths: stem, then the stages at strides 4, 8, 16, 32.
 COMPACT_STEM = 24
@@ -122,6 +122,8 @@ ARCHITECTURES: dict[str, Callable[..., FasterRCNN]] = {
     "fasterrcnn_mobilenet_v3_large_fpn": _torchvision_builder(fasterrcnn_mobilenet_v3_large_fpn),
     "fasterrcnn_mobilenet_v3_large_320_fpn": _torchvision_builder(fasterrcnn_mobilenet_v3_large_320_fpn),
 }
+if set(ARCHITECTURES) != set(ARCH_NAMES):  # the command line offers ARCH_NAMES: the two lists must not drift
+    raise ImportError(f"model_export.arch_names lists {sorted(ARCH_NAMES)}, but builders exist for {sorted(ARCHITECTURES)}")
 
 
 def build_model(arch: str, num_classes: int, canvas: tuple[int, int], **kwargs: Any) -> FasterRCNN:

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from model_export.errors import CommandError
+
 ANNOTATIONS_FILE = "annotations.json"
 
 
-class DatasetError(ValueError):
+class DatasetError(CommandError, ValueError):
     """A data set that cannot be used, with the file and field at fault in the message."""
 
 

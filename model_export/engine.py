@@ -23,18 +23,18 @@ from typing import Any
 
 import onnx
 
+from model_export.errors import CommandError
 from model_export.package import ONNX_FILE, read_manifest
 from model_export.precision import PrecisionError, graph_precision, write_fp16_graph
 from service.engines.engine_manifest import BatchProfile, EngineManifest, gpu_slug
-from service.gpu import gpu_problem, has_gpu
+from service.gpu import gpu_problem
 from service.manifest import sha256_of
 
 MIN_TENSORRT_MAJOR = 11
 FP16_GRAPH_FILE = "model.fp16.onnx"
-gpu_present = has_gpu  # the name tests/model_export/test_export.py imports
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(CommandError, RuntimeError):
     """The engine cannot be built here; the message says why."""
 
 

@@ -22,6 +22,7 @@ import torch
 from torchvision.models.detection import FasterRCNN
 
 from model_export.checkpoint import LoadedModel
+from model_export.errors import CommandError
 from model_export.evaluate import Detections, eager_predictor
 from model_export.export_graph import BatchedFasterRCNN
 from model_export.onnx_ops import translation_table
@@ -33,7 +34,7 @@ from service.letterbox import PAD_VALUE, letterbox
 from service.manifest import sha256_of
 
 
-class ExportError(RuntimeError):
+class ExportError(CommandError, RuntimeError):
     """The export cannot go on; the message says what to change."""
 
 
@@ -143,6 +144,20 @@ def verify_parity(loaded: LoadedModel, onnx_path: Path, config: ExportConfig, io
     return report
 
 
+def check_parity(report: ParityReport, config: ExportConfig) -> None:
+    """Refuses a graph that differs from the eager model, and a check that compared nothing (it proves nothing)."""
+    if report.compared == 0:
+        raise ExportError(
+            f"parity check compared no detections: on its {config.parity_images} sample images neither model detected anything "
+            f"above score {config.parity_score_threshold:g}; lower parity_score_threshold or export a trained model"
+        )
+    if report.matched_fraction < config.parity_min_matched:
+        raise ExportError(
+            f"parity check failed: {report.matched} of {report.compared} detections matched between ONNX Runtime and "
+            f"the eager model ({report.matched_fraction:.2%} < {config.parity_min_matched:.0%}); details: {report.to_json()}"
+        )
+
+
 def export_package(loaded: LoadedModel, out: Path, config: ExportConfig) -> dict[str, Any]:
     """Exports, verifies and writes the package directory ``out``; returns the manifest."""
     check_canvas(loaded.model, loaded.canvas)
@@ -158,11 +173,7 @@ def export_package(loaded: LoadedModel, out: Path, config: ExportConfig) -> dict
         manifest = _manifest(loaded, config, onnx_path, iou_threshold, ParityReport())
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         report = verify_parity(loaded, onnx_path, config, iou_threshold)
-        if report.matched_fraction < config.parity_min_matched:
-            raise ExportError(
-                f"parity check failed: {report.matched} of {report.compared} detections matched between ONNX Runtime and "
-                f"the eager model ({report.matched_fraction:.2%} < {config.parity_min_matched:.0%}); details: {report.to_json()}"
-            )
+        check_parity(report, config)
         manifest = _manifest(loaded, config, onnx_path, iou_threshold, report)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         _replace_directory(staging, out)

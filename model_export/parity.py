@@ -28,7 +28,8 @@ class ParityReport:
 
     @property
     def matched_fraction(self) -> float:
-        return 1.0 if self.compared == 0 else self.matched / self.compared
+        """Matched over compared; 0.0 when nothing was compared, so that no ``>=`` check reads an empty match as parity."""
+        return self.matched / self.compared if self.compared else 0.0
 
     def add(self, other: ParityReport) -> None:
         self.compared += other.compared

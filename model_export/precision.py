@@ -34,6 +34,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from model_export.errors import CommandError
+
 Precision = Literal["fp32", "fp16", "int8"]
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -48,7 +50,7 @@ HALF_CARRIERS = frozenset(
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
-class PrecisionError(ValueError):
+class PrecisionError(CommandError, ValueError):
     """The graph cannot be converted; the message says why."""
 
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from model_export.checkpoint import LoadedModel, load_train_state, save_checkpoint, save_train_state
+from model_export.checkpoint import CheckpointError, LoadedModel, load_train_state, save_checkpoint, save_train_state, train_state_path
 from model_export.coco import CocoDataset, ImageRecord, open_image
 from service.letterbox import PAD_VALUE, fit_scale
 
@@ -170,7 +170,7 @@ def train(
     history: dict[str, Any] = {"iterations": [], "epochs": [], "config": asdict(config)}
     start_epoch, iteration, elapsed = 0, 0, 0.0
 
-    state = load_train_state(resume_from) if resume_from else None
+    state = _resume_state(resume_from) if resume_from else None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -202,6 +202,17 @@ def train(
             },
         )
     return history
+
+
+def _resume_state(checkpoint: Path) -> dict[str, Any]:
+    """The optimizer, schedule and progress saved beside ``checkpoint``; without them a resume would silently start over."""
+    state = load_train_state(checkpoint)
+    if state is None:
+        raise CheckpointError(
+            f"{train_state_path(checkpoint)} not found: --resume needs the training state written beside the checkpoint; "
+            "to start a new run from these weights, use --init"
+        )
+    return state
 
 
 def _train_epoch(

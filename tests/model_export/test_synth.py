@@ -6,7 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.synth import CATEGORIES, MAX_OBJECTS, SynthConfig, generate_image, write_dataset
+from model_export.synth import (
+    CATEGORIES,
+    MAX_OBJECTS,
+    MIN_OBJECT_PX,
+    MIN_VISIBLE_FRACTION,
+    SynthConfig,
+    _layout,
+    generate_image,
+    write_dataset,
+)
 
 
 def _digest(root: Path) -> str:
@@ -58,8 +67,22 @@ def test_statistics_cover_what_a_detector_must_handle() -> None:
 
 
 def test_occluded_objects_keep_half_of_their_pixels() -> None:
-    # Annotated area is the visible area; a placed shape hides at most half of any earlier one.
-    image, objects = generate_image(seed=5, index=3)
+    # The annotations hold only the visible area; the layout also knows each shape's full area, so it is checked there.
+    occluded = 0
+    for index in range(20):
+        objects = _layout(np.random.default_rng([5, index]), 320, 240, MAX_OBJECTS)
+        masks = np.stack([obj.mask for obj in objects]) if objects else np.zeros((0, 240, 320), dtype=bool)
+        assert (masks.sum(axis=0) <= 1).all(), "visible masks overlap: a pixel shows two shapes"
+        for obj in objects:
+            visible = int(obj.mask.sum())
+            assert visible >= MIN_VISIBLE_FRACTION * obj.full_area, f"{visible} of {obj.full_area} pixels visible"
+            occluded += visible < obj.full_area
+    assert occluded >= 10, "too few occluded shapes to judge"
+
+
+def test_annotated_area_and_box_are_the_visible_pixels() -> None:
+    image, objects = generate_image(seed=5, index=3, empty_fraction=0.0)
+    assert np.asarray(image).dtype == np.uint8 and objects
     for obj in objects:
-        assert obj["area"] >= 0.3 * 12 * 12
-    assert np.asarray(image).dtype == np.uint8
+        _, _, w, h = obj["bbox"]
+        assert MIN_OBJECT_PX * MIN_OBJECT_PX * 0.3 <= obj["area"] <= w * h

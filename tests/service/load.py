@@ -15,7 +15,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,6 +283,15 @@ def median(values: Iterable[float]) -> float:
         raise ValueError("the median of nothing")
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float:
+    """The least-squares slope of y over x, for (x, y) points: a trend that no single noisy sample decides."""
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    if len(set(xs)) < 2:
+        raise ValueError(f"a slope needs at least two distinct x values, got {list(xs)}")
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
 
 
 def percentile(values: list[float], percent: float) -> float:

@@ -52,6 +52,9 @@ QUERY = "score_threshold=0.1"  # low enough that every scene has detections to c
 # A server that sheds load early answers this whole burst within 0.3 s of sending; generous on a shared machine.
 DEADLINE_SLACK_S = 1.0
 RSS_BUDGET_BYTES_PER_REQUEST = 16 * 1024  # what the burst may leave behind in resident memory, per request (see its test)
+# The first burst at ten times the load the server has seen raises its high-water mark once (buffers of hundreds of
+# connections, the allocator's arenas of the decode threads): seen up to 21.5 MiB in a CI run, whatever the reply count.
+RSS_BURST_ALLOWANCE_BYTES = 48 * 2**20
 
 
 @dataclass(frozen=True)
@@ -229,12 +232,13 @@ def test_the_queue_never_exceeds_its_bound(overload: Overload) -> None:
 
 
 def test_memory_stays_bounded(overload: Overload) -> None:
-    # A burst's requests hold at most the queue's few canvases at once, and nothing once answered or refused: what
-    # stays is a leak's share. Measured: about 4 KiB per request (175 -> 178 and 179 MiB over 835 and 938 replies); a leak of a
-    # decoded scene (about 250 KiB) per request would be 60 times the budget.
+    # A burst's requests hold at most the queue's few canvases at once, and nothing once answered or refused: beyond the
+    # one-off high-water allowance, what stays is a leak's share. Measured: 3 to 4 MiB over 835 and 938 replies, and
+    # 21.5 MiB over 1294 in a CI run; a leak of a decoded scene (about 250 KiB) per request would be over 300 MiB here.
     grown = overload.rss_after - overload.rss_before
     replies = len(overload.burst.replies)
-    assert grown <= RSS_BUDGET_BYTES_PER_REQUEST * replies, f"resident memory grew {grown / 2**20:.1f} MiB over {replies} requests"
+    budget = RSS_BURST_ALLOWANCE_BYTES + RSS_BUDGET_BYTES_PER_REQUEST * replies
+    assert grown <= budget, f"resident memory grew {grown / 2**20:.1f} MiB over {replies} requests (budget {budget / 2**20:.0f} MiB)"
 
 
 def test_the_server_is_ready_and_correct_after_the_burst(overload: Overload) -> None:

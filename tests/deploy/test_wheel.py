@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from model_export.parity import box_iou
 from model_export.synth import generate_image
 from tests.deploy.tools import REPO
 from tests.service.helpers import free_port, png_bytes, serving
@@ -126,19 +128,11 @@ def wait_until_ready(client: httpx.Client, process: subprocess.Popen[bytes], log
 def found(annotation: dict, detections: list[dict], min_iou: float = 0.5) -> bool:
     """Whether a detection of the annotation's class overlaps its box by ``min_iou`` or more."""
     x, y, w, h = annotation["bbox"]
-    truth = (x, y, x + w, y + h)
-    return any(
-        detection["label"] == annotation["category_id"]
-        and iou(truth, tuple(detection["box"][k] for k in ("x1", "y1", "x2", "y2"))) >= min_iou
-        for detection in detections
-    )
-
-
-def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    overlap = width * height
-    return overlap / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap)
+    same_class = [d["box"] for d in detections if d["label"] == annotation["category_id"]]
+    if not same_class:
+        return False
+    boxes = np.array([[box[k] for k in ("x1", "y1", "x2", "y2")] for box in same_class])
+    return bool(box_iou(np.array([[x, y, x + w, y + h]]), boxes).max() >= min_iou)
 
 
 def test_the_installed_server_detects_as_the_checkout_does(wheel_server: httpx.Client) -> None:

@@ -8,7 +8,6 @@ module the wheel leaves out, or an import of torch on the serving side, only sho
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from model_export.parity import box_iou
 from model_export.synth import generate_image
 from tests.deploy.tools import REPO
+from tests.mutants import copy_project, project_files
 from tests.service.helpers import free_port, png_bytes, serving
 from tests.service.load import same_detections
 
@@ -45,16 +45,9 @@ def copy_sources(destination: Path) -> Path:
     """The files git would ship (tracked, or new and not ignored), and nothing a local build left behind.
 
     setuptools never empties its ``build/`` folder, so a wheel built in the checkout may carry a module
-    from an earlier build that the current configuration leaves out.
+    from an earlier build that the current configuration leaves out. The models stay behind: the wheel has none.
     """
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True, timeout=60
-    )
-    for name in filter(None, listed.stdout.decode().split("\0")):
-        source = REPO / name
-        if source.is_file() and not name.startswith("models/"):
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
+    copy_project(REPO, [name for name in project_files(REPO) if not name.startswith("models/")], destination)
     return destination
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.engines.base import BatchOutput, Engine
+from service.engines.base import BatchOutput, Engine, EngineInfo
 from service.engines.factory import create_engine
 
-__all__ = ["BatchOutput", "Engine", "create_engine"]
+__all__ = ["BatchOutput", "Engine", "EngineInfo", "create_engine"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,19 @@ class Engine(Protocol):
         """images (ndarray[B, H, W, 3] uint8, RGB canvases)."""
         ...
 
-    def describe(self) -> dict[str, Any]:
-        """What runs the graph (engine, providers, threads), for /v1/models and the metrics."""
+    def describe(self) -> EngineInfo:
+        """What runs the graph, for /v1/models, the metrics and the v2 model configuration."""
         ...
 
 
-@dataclass
-class EngineInfo:
-    name: str
-    provider: str
-    details: dict[str, Any] = field(default_factory=dict)
+class EngineInfo(BaseModel):
+    """What runs the graph: a typed description that code may branch on (the device, the precision)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    engine: Literal["onnxruntime", "tensorrt"]
+    provider: str = Field(description="the ONNX Runtime execution provider that runs the graph, or TensorRT")
+    device: Literal["cpu", "gpu"]
+    precision: str = Field(description="fp32, fp16 or int8: the precision the graph runs in")
+    version: str = Field(description="the runtime's version")
+    details: dict[str, Any] = Field(default_factory=dict, description="the runtime's own settings: providers, threads, profile")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.engines.base import BatchOutput
+from service.engines.base import BatchOutput, EngineInfo
 from service.manifest import ModelManifest, PackageError
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ class OnnxRuntimeEngine:
         if missing:
             log.warning("execution providers did not start", extra={"missing": missing, "providers": self.providers})
         self.intra_op_threads = intra_op_threads
+        self.trt_fp16 = trt_fp16
         log.info("onnxruntime session ready", extra={"providers": self.providers})
 
     def run(self, images: np.ndarray, score_threshold: float, iou_threshold: float) -> BatchOutput:
@@ -137,11 +138,14 @@ class OnnxRuntimeEngine:
         counts, boxes, scores, labels = self.session.run(["num_detections", "boxes", "scores", "labels"], feed)
         return BatchOutput(counts, boxes, scores, labels)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "engine": "onnxruntime",
-            "onnxruntime": ort.__version__,
-            "provider": self.providers[0],
-            "providers": self.providers,
-            "intra_op_threads": self.intra_op_threads,
-        }
+    def describe(self) -> EngineInfo:
+        provider = self.providers[0]
+        fp16 = self.trt_fp16 and provider == PROVIDER_NAMES["tensorrt"]
+        return EngineInfo(
+            engine="onnxruntime",
+            provider=provider,
+            device="gpu" if uses_gpu([provider]) else "cpu",
+            precision="fp16" if fp16 else "fp32",
+            version=ort.__version__,
+            details={"providers": self.providers, "intra_op_threads": self.intra_op_threads},
+        )

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from service.engines.base import BatchOutput
+from service.engines.base import BatchOutput, EngineInfo
 from service.engines.engine_manifest import BatchProfile, Precision, find_engine
 from service.manifest import ModelManifest, PackageError
 
@@ -192,13 +192,12 @@ class TensorRTEngine:
         self.buffers = {}
         self._check(self._cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "engine": "tensorrt",
-            "provider": "TensorRT",
-            "tensorrt": self._trt.__version__,
-            "gpu": self.gpu,
-            "precision": self.info.precision,
-            "profile": self.profile.model_dump(),
-            "engine_file": self.info.engine_file,
-        }
+    def describe(self) -> EngineInfo:
+        return EngineInfo(
+            engine="tensorrt",
+            provider="TensorRT",
+            device="gpu",
+            precision=self.info.precision,
+            version=self._trt.__version__,
+            details={"gpu": self.gpu, "profile": self.profile.model_dump(), "engine_file": self.info.engine_file},
+        )

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchPolicy:
+    """How requests are gathered into batches: at most max_batch_size, held at most max_batch_wait_ms, at most max_queue waiting."""
+
     max_batch_size: int
     max_batch_wait_ms: float
     max_queue: int
@@ -51,7 +53,7 @@ class BatchPolicy:
 
 
 @dataclass(frozen=True)
-class ImageDetections:
+class CanvasRows:
     """One image's rows, canvas pixels. boxes (ndarray[N, 4]), scores (ndarray[N]) descending, labels (ndarray[N])."""
 
     boxes: np.ndarray
@@ -61,7 +63,7 @@ class ImageDetections:
 
 @dataclass(frozen=True)
 class BatchResult:
-    detections: ImageDetections
+    detections: CanvasRows
     queue_s: float
     inference_s: float
     batch_size: int
@@ -77,12 +79,12 @@ class _Pending:
     future: asyncio.Future[BatchResult] = field(repr=False)
 
 
-def split_rows(output: BatchOutput, index: int, score_threshold: float) -> ImageDetections:
+def split_rows(output: BatchOutput, index: int, score_threshold: float) -> CanvasRows:
     """Image ``index``'s valid rows with a score above its own threshold (the graph's rule: score > threshold)."""
     count = int(output.num_detections[index])
     scores = output.scores[index, :count]
     keep = scores > score_threshold
-    return ImageDetections(output.boxes[index, :count][keep], scores[keep], output.labels[index, :count][keep])
+    return CanvasRows(output.boxes[index, :count][keep], scores[keep], output.labels[index, :count][keep])
 
 
 class DynamicBatcher:

@@ -14,26 +14,35 @@ import numpy as np
 from service.batcher import BatchPolicy, BatchResult, DynamicBatcher
 from service.decode import decode_image
 from service.engines import Engine, create_engine
-from service.errors import DeadlineExceeded, InvalidParameter, NotReady, ServiceError
+from service.errors import DeadlineExceeded, NotReady, ServiceError
 from service.letterbox import Letterbox, fit_scale, letterbox
 from service.manifest import ModelManifest, read_manifest, verify_graph_file
 from service.metrics import Metrics
-from service.schemas import Box, Detection, DetectResponse, ImageSize, ModelRef, Timing
+from service.options import DetectParams
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DetectParams:
-    """A request's options, already range-checked; None means the manifest's default."""
+class ImageDetections:
+    """One image's detections in the uploaded image's pixels (after EXIF orientation): what each protocol encodes.
 
-    score_threshold: float | None = None
-    iou_threshold: float | None = None
-    max_detections: int | None = None
-    classes: frozenset[int] | None = None  # label ids to keep
-    timeout_s: float | None = None
-    arrived: float | None = None  # time.monotonic() when the request arrived; the deadline counts from it
+    boxes (ndarray[n, 4] float64, x1, y1, x2, y2), scores (ndarray[n] float32, descending), labels (ndarray[n] int64).
+    """
+
+    width: int
+    height: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    queue_s: float
+    inference_s: float
+    total_s: float
+    batch_size: int  # the batch the image ran in, for the request log
+
+    def __len__(self) -> int:
+        return len(self.scores)
 
 
 class Detector:
@@ -49,7 +58,6 @@ class Detector:
         self._ready = False  # false while loading and once draining
         self._serving = False  # whether /detect is served: through the drain, until close()
         self._probe: asyncio.Task[None] | None = None
-        self.class_ids = {name: label for label, name in enumerate(manifest.categories) if label > 0}
         # Read at each scrape, so that the gauge never disagrees with /health/ready.
         metrics.ready.set_function(lambda: float(self.ready))
 
@@ -70,7 +78,7 @@ class Detector:
             log.info("warm-up done", extra={"seconds": round(time.monotonic() - started, 3), "batch": self.batcher.max_batch})
         self._ready = self._serving = True
         self._probe = asyncio.create_task(self._probe_while_unhealthy(), name="recovery-probe")
-        self.metrics.model_info.labels(self.manifest.name, self.manifest.version, self.engine.describe()["provider"]).set(1)
+        self.metrics.model_info.labels(self.manifest.name, self.manifest.version, self.engine.describe().provider).set(1)
 
     async def _run_blank(self, timeout_s: float) -> None:
         blank = np.full((*self.manifest.canvas, 3), 114, dtype=np.uint8)
@@ -118,7 +126,7 @@ class Detector:
         return {
             "manifest": self.manifest.as_json(),
             "runtime": {
-                **self.engine.describe(),
+                **self.engine.describe().model_dump(mode="json"),
                 "max_batch_size": self.batcher.max_batch,
                 "max_batch_wait_ms": self.settings.max_batch_wait_ms,
                 "max_queue": self.settings.max_queue,
@@ -127,13 +135,7 @@ class Detector:
             "ready": self.ready,
         }
 
-    def resolve_classes(self, names: list[str]) -> frozenset[int]:
-        unknown = [name for name in names if name not in self.class_ids]
-        if unknown:
-            raise InvalidParameter(f"unknown class name(s) {unknown}; this model knows {sorted(self.class_ids)}")
-        return frozenset(self.class_ids[name] for name in names)
-
-    async def detect(self, data: bytes, params: DetectParams) -> DetectResponse:
+    async def detect(self, data: bytes, params: DetectParams) -> ImageDetections:
         if not self._serving:
             raise NotReady("the model is not being served (loading, warming up or stopped)")
         started = params.arrived or time.monotonic()
@@ -146,20 +148,10 @@ class Detector:
         score = self.manifest.score_threshold if params.score_threshold is None else params.score_threshold
         iou = self.manifest.iou_threshold if params.iou_threshold is None else params.iou_threshold
         result = await self.batcher.submit(canvas, score, iou, deadline - time.monotonic())
-        detections = self._to_image(result, placement, params)
+        detections = self._to_image(result, placement, params, total_s=time.monotonic() - started)
         self.metrics.images.inc()
         self.metrics.detections.inc(len(detections))
-        return DetectResponse(
-            model=ModelRef(name=self.manifest.name, version=self.manifest.version),
-            image=ImageSize(width=placement.width, height=placement.height),
-            detections=detections,
-            timing_ms=Timing(
-                queue=round(result.queue_s * 1000, 3),
-                inference=round(result.inference_s * 1000, 3),
-                total=round((time.monotonic() - started) * 1000, 3),
-            ),
-            batch_size=result.batch_size,
-        )
+        return detections
 
     def _prepare(self, data: bytes) -> tuple[np.ndarray, Letterbox]:
         image, (width, height) = decode_image(data, self.settings.max_image_pixels, fit=self.manifest.canvas)
@@ -167,21 +159,20 @@ class Detector:
         # Boxes map back to the full-size image, whatever scale the decoder chose.
         return canvas, Letterbox(width, height, fit_scale(width, height, self.manifest.canvas))
 
-    def _to_image(self, result: BatchResult, placement: Letterbox, params: DetectParams) -> list[Detection]:
+    def _to_image(self, result: BatchResult, placement: Letterbox, params: DetectParams, total_s: float) -> ImageDetections:
         rows = result.detections
         keep = np.ones(len(rows.scores), dtype=bool)
         if params.classes is not None:
             keep &= np.isin(rows.labels, list(params.classes))
-        boxes = placement.boxes_to_image(rows.boxes[keep].astype(np.float64))
-        scores, labels = rows.scores[keep], rows.labels[keep]
         limit = params.max_detections or self.manifest.max_detections
-        categories = self.manifest.categories
-        return [
-            Detection(
-                box=Box(x1=float(b[0]), y1=float(b[1]), x2=float(b[2]), y2=float(b[3])),
-                score=float(s),
-                label=int(label),
-                class_name=categories[int(label)],
-            )
-            for b, s, label in zip(boxes[:limit], scores[:limit], labels[:limit], strict=True)
-        ]
+        return ImageDetections(
+            width=placement.width,
+            height=placement.height,
+            boxes=placement.boxes_to_image(rows.boxes[keep].astype(np.float64))[:limit],
+            scores=rows.scores[keep][:limit],
+            labels=rows.labels[keep][:limit].astype(np.int64),
+            queue_s=result.queue_s,
+            inference_s=result.inference_s,
+            total_s=total_s,
+            batch_size=result.batch_size,
+        )

@@ -16,8 +16,9 @@ from service.api import problems
 from service.api.admission import AdmissionMiddleware
 from service.api.auth import DOCS_PATHS, HEALTH_PATHS, ApiKeyMiddleware
 from service.api.middleware import RequestContextMiddleware
-from service.api.routes import detect, health, kserve, models
+from service.api.routes import detect, health, models
 from service.detector import Detector
+from service.kserve import endpoints as kserve
 from service.metrics import Metrics
 from service.settings import Settings, load_settings
 
@@ -31,7 +32,7 @@ async def _load(app: FastAPI) -> None:
         detector = await asyncio.to_thread(Detector.load, settings, app.state.metrics)
         app.state.detector = detector
         await detector.start()
-        log.info("ready", extra={"model": detector.manifest.name, "runtime": detector.engine.describe()})
+        log.info("ready", extra={"model": detector.manifest.name, "runtime": detector.engine.describe().model_dump(mode="json")})
     except Exception as error:
         app.state.load_error = f"{type(error).__name__}: {error}"
         log.exception("loading the model failed")

@@ -44,7 +44,6 @@ class DetectResponse(BaseModel):
     image: ImageSize
     detections: list[Detection] = Field(description="sorted by descending score")
     timing_ms: Timing
-    batch_size: int = Field(exclude=True, description="for the request log, not the response")
 
 
 class Problem(BaseModel):
@@ -54,56 +53,6 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
-
-
-# The KServe v2 / Open Inference Protocol's bodies (service/kserve.py reads and writes them; these document them).
-
-
-class ProtocolErrorBody(BaseModel):
-    """The protocol's error body."""
-
-    error: str
-
-
-class InferInputTensor(BaseModel):
-    name: str = Field(description="'images', the model's one input")
-    datatype: str = Field(description="BYTES")
-    shape: list[int] = Field(description="[N] or [N, 1]: one encoded image per element")
-    parameters: dict[str, Any] | None = Field(None, description="binary_data_size when the images follow the JSON header as binary data")
-    data: list[Any] | None = Field(None, description="the images as base64 strings, when not sent as binary data")
-
-
-class InferRequestedOutput(BaseModel):
-    name: str = Field(description="num_detections, boxes, scores or labels")
-    parameters: dict[str, Any] | None = Field(None, description="binary_data: whether this output comes as binary data")
-
-
-class InferRequestBody(BaseModel):
-    """The JSON header of an infer request (with the binary tensor extension, binary data follows it)."""
-
-    id: str | None = None
-    parameters: dict[str, Any] | None = Field(
-        None, description="score_threshold, iou_threshold, max_detections, classes, timeout, binary_data_output"
-    )
-    inputs: list[InferInputTensor]
-    outputs: list[InferRequestedOutput] | None = None
-
-
-class InferOutputTensor(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-    data: list[float] | None = Field(None, description="the values, row-major, when not sent as binary data")
-    parameters: dict[str, Any] | None = Field(None, description="binary_data_size when the values follow the JSON header")
-
-
-class InferResponseBody(BaseModel):
-    """The JSON header of an infer response (binary outputs follow it, as Inference-Header-Content-Length tells)."""
-
-    model_name: str
-    model_version: str
-    id: str | None = None
-    outputs: list[InferOutputTensor]
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -254,6 +254,53 @@ def test_invalid_parameters_get_protocol_errors(
     assert_error(error, 400, *words)
 
 
+# One rule for the options of both protocols: (/detect's query string, v2 parameters, words both errors hold).
+SAME_BAD_OPTIONS = [
+    ("classes=", {"classes": ""}, ["classes", "names no class"]),
+    ("classes=,", {"classes": ","}, ["classes", "names no class"]),
+    ("classes=%20,%20", {"classes": [" ", ""]}, ["classes", "names no class"]),
+    ("classes=unicorn", {"classes": ["unicorn"]}, ["unknown class", "unicorn"]),
+    ("score_threshold=1.5", {"score_threshold": 1.5}, ["score_threshold", "1"]),
+    ("iou_threshold=-0.1", {"iou_threshold": -0.1}, ["iou_threshold", "0"]),
+    ("score_threshold=nan", {"score_threshold": float("nan")}, ["score_threshold", "finite"]),
+    ("max_detections=0", {"max_detections": 0}, ["max_detections", "1"]),
+    ("max_detections=31", {"max_detections": 31}, ["max_detections", "30"]),
+]
+
+
+def v2_json_request(image: bytes, parameters: dict) -> bytes:
+    tensor = {"name": "images", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode()]}
+    return json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
+
+
+@pytest.mark.parametrize(("query", "parameters", "words"), SAME_BAD_OPTIONS, ids=[case[0] for case in SAME_BAD_OPTIONS])
+def test_detect_and_v2_refuse_the_same_bad_options(
+    http: httpx.Client, scene_images: list[bytes], query: str, parameters: dict, words: list[str]
+) -> None:
+    image = scene_images[0]
+    detect = http.post(f"/detect?{query}", content=image, headers={"Content-Type": "image/jpeg"})
+    assert detect.status_code == 422 and detect.headers["content-type"] == "application/problem+json", detect.text
+    v2 = http.post("/v2/models/shapes/infer", content=v2_json_request(image, parameters))
+    assert v2.status_code == 400 and set(v2.json()) == {"error"}, v2.text
+    for word in words:
+        assert word in detect.json()["detail"], (word, detect.json())
+        assert word in v2.json()["error"], (word, v2.json())
+
+
+def test_the_same_good_options_are_served_by_detect_and_v2(http: httpx.Client, scene_images: list[bytes]) -> None:
+    """The control for the refusals above: the request they spoil is served by both, with the same detections."""
+    image, jpeg = scene_images[0], {"Content-Type": "image/jpeg"}
+    everything = http.post("/detect?score_threshold=0.05", content=image, headers=jpeg).json()["detections"]
+    kept = everything[0]["class_name"]
+    detect = http.post(f"/detect?classes=%20{kept},&score_threshold=0.05", content=image, headers=jpeg)
+    v2 = http.post("/v2/models/shapes/infer", content=v2_json_request(image, {"classes": [f" {kept}"], "score_threshold": 0.05}))
+    assert detect.status_code == 200 and v2.status_code == 200, (detect.text, v2.text)
+    labels = [row["label"] for row in detect.json()["detections"]]
+    outputs = {output["name"]: output["data"] for output in v2.json()["outputs"]}
+    assert outputs["num_detections"] == [len(labels)] and outputs["labels"] == labels
+    assert labels and set(labels) == {everything[0]["label"]}
+
+
 def binary_request(images: list[bytes], declared_size: int | None = None) -> tuple[bytes, int]:
     data = b"".join(struct.pack("<I", len(image)) + image for image in images)
     size = len(data) if declared_size is None else declared_size
@@ -310,11 +357,26 @@ def test_health_and_infer_before_the_model_is_loaded(small_package: Path, scene_
     client = TestClient(app, raise_server_exceptions=False)  # no lifespan: the model never loads
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2").status_code == 200
-    assert client.get("/v2/health/ready").status_code == 400
-    assert client.get("/v2/models/shapes/ready").status_code == 400
+    assert_unready_with_the_same_reason(client, "the model is loading")
+    assert client.get("/v2/models/shapes/ready").json() == {"error": "the model is loading"}
     body, header_length = binary_request(scene_images[:1])
     response = client.post("/v2/models/shapes/infer", content=body, headers={HEADER_LENGTH: str(header_length)})
     assert response.status_code == 503 and response.headers["retry-after"] and set(response.json()) == {"error"}
+
+
+def test_a_draining_server_says_why_it_is_unready_in_both_protocols(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    assert client.get("/v2/health/ready").status_code == 200 and client.get("/health/ready").status_code == 200
+    client.app.state.detector.begin_drain()  # type: ignore[attr-defined]
+    assert_unready_with_the_same_reason(client, "draining")
+    assert "draining" in client.get("/v2/models/shapes/versions/7/ready").json()["error"]
+
+
+def assert_unready_with_the_same_reason(client: TestClient, words: str) -> None:
+    """/health/ready's 503 problem and v2's 400 {"error"} give the same reason (one readiness answer for both)."""
+    problem, v2 = client.get("/health/ready"), client.get("/v2/health/ready")
+    assert problem.status_code == 503 and v2.status_code == 400, (problem.text, v2.text)
+    assert words in problem.json()["detail"] and v2.json() == {"error": problem.json()["detail"]}
 
 
 def test_infer_on_the_default_model_equals_detect() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -13,9 +12,11 @@ from service.api.body import IMAGE_MEDIA_TYPES, read_image
 from service.api.deps import DetectorDep
 from service.api.disconnect import cancel_on_disconnect
 from service.api.problems import problem_responses
-from service.detector import Detector, DetectParams
+from service.detector import ImageDetections
 from service.errors import InvalidParameter
-from service.schemas import DetectResponse
+from service.manifest import ModelManifest
+from service.options import MaxDetections, Threshold, detect_params
+from service.schemas import Box, Detection, DetectResponse, ImageSize, ModelRef, Timing
 
 router = APIRouter()
 
@@ -23,9 +24,9 @@ router = APIRouter()
 class DetectQuery(BaseModel):
     """The query parameters of /detect; no other name is accepted."""
 
-    score_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="default: the model's")
-    iou_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="default: the model's")
-    max_detections: int | None = Field(None, ge=1, description="at most the model's max_detections (its default)")
+    score_threshold: Threshold | None = None
+    iou_threshold: Threshold | None = None
+    max_detections: MaxDetections | None = None
     classes: str | None = Field(None, description="comma-separated class names to keep (at least one)")
     timeout_ms: int | None = Field(None, ge=1, description="a deadline shorter than the server's")
 
@@ -78,29 +79,29 @@ async def detect(
     x_request_timeout: Annotated[float | None, Header(gt=0, allow_inf_nan=False, description="the same deadline, in seconds")] = None,
 ) -> DetectResponse:
     """Detects objects in one image, sent as the raw body (image/jpeg, image/png, ...) or as multipart field `image`."""
-    params = replace(detect_params(query, x_request_timeout, detector), arrived=request.state.arrived)
-    data = await read_image(request, detector.settings.max_body_bytes, detector.settings.body_timeout_s)
-    response = await cancel_on_disconnect(request, detector.detect(data, params))
-    request.state.batch_size = response.batch_size
-    return response
-
-
-def detect_params(query: DetectQuery, timeout_s: float | None, detector: Detector) -> DetectParams:
-    """The query checked against the model: max_detections within its K, classes among its categories."""
-    if query.max_detections is not None and query.max_detections > detector.manifest.max_detections:
-        raise InvalidParameter(f"max_detections should be at most {detector.manifest.max_detections}, got {query.max_detections}")
-    return DetectParams(
-        score_threshold=query.score_threshold,
-        iou_threshold=query.iou_threshold,
-        max_detections=query.max_detections,
-        classes=detector.resolve_classes(class_names(query.classes)) if query.classes is not None else None,
-        timeout_s=query.timeout_ms / 1000 if query.timeout_ms is not None else timeout_s,
+    params = detect_params(
+        detector.manifest,
+        **query.model_dump(exclude={"timeout_ms"}),
+        timeout_s=query.timeout_ms / 1000 if query.timeout_ms is not None else x_request_timeout,
+        arrived=request.state.arrived,
     )
+    data = await read_image(request, detector.settings.max_body_bytes, detector.settings.body_timeout_s)
+    detections = await cancel_on_disconnect(request, detector.detect(data, params))
+    request.state.batch_size = detections.batch_size
+    return detect_response(detector.manifest, detections)
 
 
-def class_names(classes: str) -> list[str]:
-    """The names of a comma-separated list; an empty list is refused, since keeping no class at all is never what was meant."""
-    names = [name.strip() for name in classes.split(",") if name.strip()]
-    if not names:
-        raise InvalidParameter(f"classes={classes!r} names no class; give comma-separated class names, or leave it out to keep every class")
-    return names
+def detect_response(manifest: ModelManifest, found: ImageDetections) -> DetectResponse:
+    """/detect's encoding of one image's detections: a row per detection, with its class name."""
+    rows = zip(found.boxes.tolist(), found.scores.tolist(), found.labels.tolist(), strict=True)
+    return DetectResponse(
+        model=ModelRef(name=manifest.name, version=manifest.version),
+        image=ImageSize(width=found.width, height=found.height),
+        detections=[
+            Detection(box=Box(x1=x1, y1=y1, x2=x2, y2=y2), score=score, label=label, class_name=manifest.categories[label])
+            for (x1, y1, x2, y2), score, label in rows
+        ],
+        timing_ms=Timing(
+            queue=round(found.queue_s * 1000, 3), inference=round(found.inference_s * 1000, 3), total=round(found.total_s * 1000, 3)
+        ),
+    )

@@ -1,4 +1,4 @@
-"""The KServe v2 / Open Inference Protocol (/v2/...), so Triton and KServe clients work unchanged.
+"""The v2 protocol's routes (/v2/...).
 
 The images of one infer request are submitted together, so they share batches
 with each other and with /detect requests. Errors are the protocol's
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import replace
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -19,13 +18,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service import kserve
 from service.api.body import read_limited
 from service.api.deps import DetectorDep
 from service.api.disconnect import cancel_on_disconnect
-from service.detector import Detector, DetectParams
+from service.api.routes.health import liveness_problem, readiness_problem
+from service.detector import Detector, ImageDetections
 from service.errors import ModelNotFound, ServiceError
-from service.schemas import DetectResponse, InferRequestBody, InferResponseBody, ProtocolErrorBody, inline_schema
+from service.kserve import codec, model_config
+from service.kserve.messages import InferRequestBody, InferResponseBody, ProtocolErrorBody
+from service.options import DetectParams, detect_params
+from service.schemas import inline_schema
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ INFER_ERRORS = protocol_errors(400, 404, 408, 413, 500, 503, 504)
 INFER_OPENAPI: dict[str, Any] = {
     "parameters": [
         {
-            "name": kserve.HEADER_LENGTH,
+            "name": codec.HEADER_LENGTH,
             "in": "header",
             "required": False,
             "description": "the JSON header's length in bytes, when binary data follows it (binary tensor extension)",
@@ -135,58 +137,52 @@ ModelDep = Annotated[Detector, Depends(served_model)]
 
 @router.get("/v2")
 async def server_metadata(request: Request) -> dict[str, Any]:
-    return kserve.server_metadata(request.app.version)
+    return model_config.server_metadata(request.app.version)
+
+
+# Health answers as /health does (service/api/routes/health.py), in the protocol's form: 200 true, 400 false with the reason.
+def _health(problem: str | None) -> Response:
+    return Response(status_code=200) if problem is None else JSONResponse({"error": problem}, status_code=400)
 
 
 @router.get("/v2/health/live", **HEALTH)
 async def server_live(request: Request) -> Response:
     """200 while the process can answer; 400 (the protocol's 'false') once loading the model has failed."""
-    failure = getattr(request.app.state, "load_error", None)
-    if failure is not None:
-        return JSONResponse({"error": f"loading the model failed: {failure}"}, status_code=400)
-    return Response(status_code=200)
+    return _health(liveness_problem(request.app.state))
 
 
 @router.get("/v2/health/ready", **HEALTH)
 async def server_ready(request: Request) -> Response:
-    return _readiness(request)
+    """200 once the model is loaded and warmed up; 400 with the reason before that, while draining, and while the engine keeps failing."""
+    return _health(readiness_problem(request.app.state))
 
 
 @router.get("/v2/models/{name}/ready", **MODEL_HEALTH, openapi_extra=model_path())
 @router.get("/v2/models/{name}/versions/{version}/ready", **MODEL_HEALTH, openapi_extra=model_path(versioned=True))
 async def model_ready(request: Request) -> Response:
-    """200 once the model is loaded and warmed up; 400 while loading and draining; 404 for another model."""
-    response = _readiness(request)
+    """As /v2/health/ready for this model; 404 for another model."""
+    response = _health(readiness_problem(request.app.state))
     if response.status_code == 200:
         await served_model(request, request.app.state.detector)
     return response
 
 
-def _readiness(request: Request) -> Response:
-    detector: Detector | None = getattr(request.app.state, "detector", None)
-    if detector is None or not detector.ready:
-        return JSONResponse({"error": "the model is loading, warming up or draining"}, status_code=400)
-    return Response(status_code=200)
-
-
 @router.get("/v2/models/{name}", responses=MODEL_ERRORS, openapi_extra=model_path())
 @router.get("/v2/models/{name}/versions/{version}", responses=MODEL_ERRORS, openapi_extra=model_path(versioned=True))
 async def model_metadata(detector: ModelDep) -> dict[str, Any]:
-    return kserve.model_metadata(detector.manifest, detector.engine.describe()["engine"])
+    return model_config.model_metadata(detector.manifest, detector.engine.describe())
 
 
 @router.get("/v2/models/{name}/config", responses=MODEL_ERRORS, openapi_extra=model_path())
 @router.get("/v2/models/{name}/versions/{version}/config", responses=MODEL_ERRORS, openapi_extra=model_path(versioned=True))
-async def model_config(detector: ModelDep) -> dict[str, Any]:
-    runtime = detector.engine.describe()
-    batching = kserve.Batching(
+async def model_configuration(detector: ModelDep) -> dict[str, Any]:
+    batching = model_config.Batching(
         max_batch_size=detector.batcher.max_batch,
         max_batch_wait_ms=detector.settings.max_batch_wait_ms,
         max_queue=detector.settings.max_queue,
         request_timeout_s=detector.settings.request_timeout_s,
-        gpu=runtime["provider"] != "CPUExecutionProvider",
     )
-    return kserve.model_config(detector.manifest, runtime["engine"], batching)
+    return model_config.model_config(detector.manifest, detector.engine.describe(), batching)
 
 
 @router.post("/v2/models/{name}/infer", responses=INFER_RESPONSES, openapi_extra=model_path(INFER_OPENAPI))
@@ -196,22 +192,26 @@ async def model_config(detector: ModelDep) -> dict[str, Any]:
 async def infer(request: Request, detector: ModelDep) -> Response:
     """Detects objects in a batch of encoded images; the outputs are in each image's pixels."""
     limit = detector.settings.max_body_bytes
-    body = kserve.decompress(
+    body = codec.decompress(
         await read_limited(request, limit, detector.settings.body_timeout_s), request.headers.get("content-encoding"), limit
     )
-    parsed = kserve.parse_infer_request(body, request.headers.get(kserve.HEADER_LENGTH), detector.batcher.max_batch)
-    params = replace(
-        kserve.detect_params(parsed.parameters, detector.manifest.max_detections, detector.resolve_classes), arrived=request.state.arrived
+    parsed = codec.parse_infer_request(body, request.headers.get(codec.HEADER_LENGTH), detector.batcher.max_batch)
+    options = parsed.parameters
+    params = detect_params(
+        detector.manifest,
+        **options.model_dump(include={"score_threshold", "iou_threshold", "max_detections", "classes"}),
+        timeout_s=options.timeout / 1e6 if options.timeout is not None else None,
+        arrived=request.state.arrived,
     )
-    responses = await cancel_on_disconnect(request, detect_all(detector, parsed.images, params))
-    request.state.batch_size = max(response.batch_size for response in responses)
-    content, header_length = kserve.encode_infer_response(detector.manifest, parsed, kserve.detection_tensors(responses))
+    found = await cancel_on_disconnect(request, detect_all(detector, parsed.images, params))
+    request.state.batch_size = max(image.batch_size for image in found)
+    content, header_length = codec.encode_infer_response(detector.manifest, parsed, codec.detection_tensors(found))
     if header_length is None:
         return Response(content, media_type="application/json")
-    return Response(content, media_type="application/octet-stream", headers={kserve.HEADER_LENGTH: str(header_length)})
+    return Response(content, media_type="application/octet-stream", headers={codec.HEADER_LENGTH: str(header_length)})
 
 
-async def detect_all(detector: Detector, images: list[bytes], params: DetectParams) -> list[DetectResponse]:
+async def detect_all(detector: Detector, images: list[bytes], params: DetectParams) -> list[ImageDetections]:
     """Submits every image at once, so they batch together; the first failure cancels the rest and answers the request."""
     try:
         async with asyncio.TaskGroup() as group:

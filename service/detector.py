@@ -7,7 +7,6 @@ import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -19,6 +18,7 @@ from service.letterbox import Letterbox, fit_scale, letterbox
 from service.manifest import ModelManifest, read_manifest, verify_graph_file
 from service.metrics import Metrics
 from service.options import DetectParams
+from service.schemas import ModelDescription, Runtime
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,18 +122,17 @@ class Detector:
             return f"the last {self.batcher.consecutive_failures} batches failed in the engine; a probe retries every {self.settings.recovery_probe_s:g} s"
         return "the model is loading, warming up or draining"
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "manifest": self.manifest.as_json(),
-            "runtime": {
-                **self.engine.describe().model_dump(mode="json"),
-                "max_batch_size": self.batcher.max_batch,
-                "max_batch_wait_ms": self.settings.max_batch_wait_ms,
-                "max_queue": self.settings.max_queue,
-                "request_timeout_s": self.settings.request_timeout_s,
-            },
-            "ready": self.ready,
-        }
+    def runtime(self) -> Runtime:
+        return Runtime(
+            **self.engine.describe().model_dump(),
+            max_batch_size=self.batcher.max_batch,
+            max_batch_wait_ms=self.settings.max_batch_wait_ms,
+            max_queue=self.settings.max_queue,
+            request_timeout_s=self.settings.request_timeout_s,
+        )
+
+    def describe(self) -> ModelDescription:
+        return ModelDescription(manifest=self.manifest, runtime=self.runtime(), ready=self.ready)
 
     async def detect(self, data: bytes, params: DetectParams) -> ImageDetections:
         if not self._serving:

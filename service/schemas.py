@@ -6,6 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.engines.base import EngineInfo
+from service.manifest import ModelManifest
+
 
 class Box(BaseModel):
     """Pixels of the uploaded image, after its EXIF orientation is applied."""
@@ -44,6 +47,23 @@ class DetectResponse(BaseModel):
     image: ImageSize
     detections: list[Detection] = Field(description="sorted by descending score")
     timing_ms: Timing
+
+
+class Runtime(EngineInfo):
+    """What runs the model (the engine's own description) and how its requests are batched."""
+
+    max_batch_size: int
+    max_batch_wait_ms: float
+    max_queue: int
+    request_timeout_s: float
+
+
+class ModelDescription(BaseModel):
+    """GET /v1/models/{name}: the package's manifest, the runtime serving it, and whether it takes traffic."""
+
+    manifest: ModelManifest
+    runtime: Runtime
+    ready: bool
 
 
 class Problem(BaseModel):

@@ -138,6 +138,22 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=("tests/model_export/test_evaluate.py::test_per_class_ap_belongs_to_its_class",),
     ),
     Mutant(
+        name="empty-class-list-kept",
+        breaks="/detect and v2 both refuse a class list that names no class",
+        file="service/options.py",
+        original="    if not names:\n",
+        replacement="    if False:\n",
+        tests=("tests/service/test_kserve.py::test_detect_and_v2_refuse_the_same_bad_options",),
+    ),
+    Mutant(
+        name="v2-unready-without-its-reason",
+        breaks="the v2 unready answer carries the reason /health/ready gives",
+        file="service/kserve/endpoints.py",
+        original='JSONResponse({"error": problem}, status_code=400)',
+        replacement='JSONResponse({"error": "not ready"}, status_code=400)',
+        tests=("tests/service/test_kserve.py::test_a_draining_server_says_why_it_is_unready_in_both_protocols",),
+    ),
+    Mutant(
         name="fuzz-excuses-any-504-with-a-deadline",
         breaks="the fuzz test excuses a 504 only when the request's own deadline had passed",
         file="tests/service/test_fuzz.py",

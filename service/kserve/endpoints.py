@@ -176,13 +176,7 @@ async def model_metadata(detector: ModelDep) -> dict[str, Any]:
 @router.get("/v2/models/{name}/config", responses=MODEL_ERRORS, openapi_extra=model_path())
 @router.get("/v2/models/{name}/versions/{version}/config", responses=MODEL_ERRORS, openapi_extra=model_path(versioned=True))
 async def model_configuration(detector: ModelDep) -> dict[str, Any]:
-    batching = model_config.Batching(
-        max_batch_size=detector.batcher.max_batch,
-        max_batch_wait_ms=detector.settings.max_batch_wait_ms,
-        max_queue=detector.settings.max_queue,
-        request_timeout_s=detector.settings.request_timeout_s,
-    )
-    return model_config.model_config(detector.manifest, detector.engine.describe(), batching)
+    return model_config.model_config(detector.manifest, detector.runtime())
 
 
 @router.post("/v2/models/{name}/infer", responses=INFER_RESPONSES, openapi_extra=model_path(INFER_OPENAPI))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from service.engines import EngineInfo
 from service.kserve.codec import INPUT, OUTPUTS
 from service.manifest import ModelManifest
+from service.schemas import Runtime
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters"]
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -29,17 +29,7 @@ def model_metadata(manifest: ModelManifest, engine: EngineInfo) -> dict[str, Any
     }
 
 
-@dataclass(frozen=True)
-class Batching:
-    """What the batcher does, in the terms of Triton's model configuration."""
-
-    max_batch_size: int
-    max_batch_wait_ms: float
-    max_queue: int
-    request_timeout_s: float
-
-
-def model_config(manifest: ModelManifest, engine: EngineInfo, batching: Batching) -> dict[str, Any]:
+def model_config(manifest: ModelManifest, runtime: Runtime) -> dict[str, Any]:
     """Triton's model configuration (JSON form), as perf_analyzer and model navigators read it.
 
     Dims leave out the batch dimension (Triton's rule when max_batch_size > 0);
@@ -48,23 +38,23 @@ def model_config(manifest: ModelManifest, engine: EngineInfo, batching: Batching
     scalar = {"dims": [1], "reshape": {"shape": []}}
     return {
         "name": manifest.name,
-        "platform": PLATFORMS[engine.engine],
-        "max_batch_size": batching.max_batch_size,
+        "platform": PLATFORMS[runtime.engine],
+        "max_batch_size": runtime.max_batch_size,
         "input": [{"name": INPUT, "data_type": "TYPE_STRING", "format": "FORMAT_NONE", **scalar}],
         "output": [
             {"name": name, "data_type": f"TYPE_{datatype}", **(scalar if dims == [1] else {"dims": dims})}
             for name, (datatype, _, dims) in OUTPUTS.items()
         ],
         "dynamic_batching": {
-            "preferred_batch_size": [batching.max_batch_size],
-            "max_queue_delay_microseconds": round(batching.max_batch_wait_ms * 1000),
+            "preferred_batch_size": [runtime.max_batch_size],
+            "max_queue_delay_microseconds": round(runtime.max_batch_wait_ms * 1000),
             "default_queue_policy": {
                 "timeout_action": "REJECT",
-                "default_timeout_microseconds": round(batching.request_timeout_s * 1e6),
-                "max_queue_size": batching.max_queue,
+                "default_timeout_microseconds": round(runtime.request_timeout_s * 1e6),
+                "max_queue_size": runtime.max_queue,
             },
         },
-        "instance_group": [{"name": manifest.name, "kind": "KIND_GPU" if engine.device == "gpu" else "KIND_CPU", "count": 1}],
+        "instance_group": [{"name": manifest.name, "kind": "KIND_GPU" if runtime.device == "gpu" else "KIND_CPU", "count": 1}],
         "parameters": {
             "categories": {"string_value": json.dumps(manifest.categories)},
             "canvas": {"string_value": f"{manifest.canvas[0]}x{manifest.canvas[1]}"},

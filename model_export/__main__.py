@@ -1,21 +1,28 @@
-"""Command line of the training side: ``python -m model_export {synth,train,evaluate,...}``."""
+"""Command line of the training side: ``python -m model_export {synth,train,evaluate,export,build-engine}``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from model_export.arch_names import ARCH_NAMES, COMPACT_ARCH
-from model_export.errors import CommandError
+from model_export.command_errors import CheckpointError, CommandError
+from model_export.config import DEFAULT_CANVAS, EngineConfig, ExportConfig, SynthConfig, TrainConfig, parse_profile
+from service.manifest import PackageError
 
 if TYPE_CHECKING:  # the command line imports torch only for the subcommands that need it
+    from _typeshed import DataclassInstance
+
     from model_export.checkpoint import LoadedModel
     from model_export.coco import CocoDataset
     from model_export.train import EpochCallback
+
+Config = TypeVar("Config", bound="DataclassInstance")
 
 
 def parse_canvas(text: str) -> tuple[int, int]:
@@ -39,19 +46,38 @@ def _positive(text: str) -> int:
     return value
 
 
+def config_option(parser: argparse._ActionsContainer, config: type[DataclassInstance], flag: str, help: str, **kwargs: Any) -> None:
+    """Adds the option that sets the config's field of the same name (``--max-batch``: ``max_batch``), with the field's
+    default, shown in the help: the defaults are written once, in ``model_export.config``."""
+    default = {field.name: field.default for field in dataclasses.fields(config)}[flag.removeprefix("--").replace("-", "_")]
+    if default is not None and default is not False:
+        help += f" (default {default!r})" if isinstance(default, str) else f" (default {default})"
+    parser.add_argument(flag, default=default, help=help, **kwargs)
+
+
+def config_from(config: type[Config], args: argparse.Namespace, **given: Any) -> Config:
+    """The config with each field that has an option taken from the command line, the others from ``given`` or the defaults."""
+    options = {field.name: getattr(args, field.name) for field in dataclasses.fields(config) if hasattr(args, field.name)}
+    return config(**options, **given)
+
+
+def _canvas_text(canvas: tuple[int, int]) -> str:
+    return f"{canvas[0]}x{canvas[1]}"
+
+
 def _add_synth(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("synth", help="generate a synthetic COCO data set of shapes")
     parser.add_argument("--out", type=Path, required=True, help="directory to write annotations.json and images/ into")
-    parser.add_argument("--count", type=_positive, default=100, help="number of images (default 100)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
-    parser.add_argument("--size-scale", type=float, default=1.0, help="scale of the image sizes (default 1.0, about 320 px)")
+    config_option(parser, SynthConfig, "--count", "number of images", type=_positive)
+    config_option(parser, SynthConfig, "--seed", "random seed; the same seed gives the same bytes", type=int)
+    config_option(parser, SynthConfig, "--size-scale", "scale of the image sizes, about 320 px at 1.0", type=float)
     parser.set_defaults(run=_run_synth)
 
 
 def _run_synth(args: argparse.Namespace) -> None:
-    from model_export.synth import SynthConfig, write_dataset
+    from model_export.synth import write_dataset
 
-    path = write_dataset(args.out, SynthConfig(count=args.count, seed=args.seed, size_scale=args.size_scale))
+    path = write_dataset(args.out, config_from(SynthConfig, args))
     print(f"wrote {path}")
 
 
@@ -61,26 +87,27 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--arch", choices=sorted(ARCH_NAMES), default=COMPACT_ARCH, help=f"architecture (default {COMPACT_ARCH})")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint to write after every epoch")
     parser.add_argument("--val", type=Path, help="validation data set: COCO mAP after every epoch")
-    parser.add_argument("--epochs", type=_positive, default=12)
-    parser.add_argument("--batch-size", type=_positive, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    parser.add_argument("--canvas", type=parse_canvas, default=None, help="canvas HxW the model sees (default 320x320)")
+    config_option(parser, TrainConfig, "--epochs", "epochs to train", type=_positive)
+    config_option(parser, TrainConfig, "--batch-size", "images per iteration", type=_positive)
+    config_option(parser, TrainConfig, "--lr", "AdamW learning rate", type=float)
+    parser.add_argument(
+        "--canvas", type=parse_canvas, help=f"canvas HxW the model sees (default: the checkpoint's, else {_canvas_text(DEFAULT_CANVAS)})"
+    )
     parser.add_argument("--resume", type=Path, help="checkpoint to go on from (its .train-state.pt restores the optimizer)")
     parser.add_argument("--init", type=Path, help="checkpoint or torchvision state_dict to start from (fine-tuning)")
     parser.add_argument("--categories", type=Path, help="class names of a plain state_dict given with --init")
     parser.add_argument("--weights", help="torchvision pretrained weights to start from, e.g. COCO_V1 (downloads them)")
-    parser.add_argument("--workers", type=int, default=1, help="data loader processes (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-iters", type=_positive, help="stop after this many iterations (smoke tests)")
-    parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with AMX; weights stay float32)")
+    config_option(parser, TrainConfig, "--workers", "data loader processes", type=int)
+    config_option(parser, TrainConfig, "--seed", "random seed", type=int)
+    config_option(parser, TrainConfig, "--max-iters", "stop after this many iterations (smoke tests)", type=_positive)
+    parser.add_argument("--no-augment", dest="augment", action="store_false", default=TrainConfig.augment, help="turn augmentation off")
+    config_option(parser, TrainConfig, "--bf16", "bfloat16 autocast (faster on CPUs with AMX; weights stay float32)", action="store_true")
     parser.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from model_export.checkpoint import CheckpointError
     from model_export.coco import load_dataset
-    from model_export.train import TrainConfig, plot_losses, train
+    from model_export.train import plot_losses, train
 
     dataset = load_dataset(args.data)
     val = load_dataset(args.val) if args.val else None
@@ -90,16 +117,7 @@ def _run_train(args: argparse.Namespace) -> None:
             f"the model's {len(loaded.categories)} classes {loaded.categories[1:]} do not match the data set's "
             f"{len(dataset.categories)} classes {dataset.categories[1:]} ({dataset.annotations_path})"
         )
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        workers=args.workers,
-        seed=args.seed,
-        max_iters=args.max_iters,
-        augment=not args.no_augment,
-        bf16=args.bf16,
-    )
+    config = config_from(TrainConfig, args)
     on_epoch_end = _validator(val) if val else None
     started = time.monotonic()
     history = train(loaded, dataset, args.out, config, resume_from=args.resume, on_epoch_end=on_epoch_end)
@@ -110,7 +128,7 @@ def _run_train(args: argparse.Namespace) -> None:
 
 def _initial_model(args: argparse.Namespace, data_categories: list[str]) -> LoadedModel:
     from model_export.architectures import build_model
-    from model_export.checkpoint import DEFAULT_CANVAS, LoadedModel, load_checkpoint, load_pretrained, read_categories
+    from model_export.checkpoint import LoadedModel, load_checkpoint, load_pretrained, read_categories
 
     start = args.resume or args.init
     if start is not None:
@@ -157,8 +175,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         from model_export.package import OnnxPredictor
 
         predictor = OnnxPredictor(args.package)
-        categories, canvas = predictor.manifest["categories"], tuple(predictor.manifest["canvas"])
-        report = evaluate(predictor, dataset, canvas, args.batch_size, categories)
+        report = evaluate(predictor, dataset, predictor.manifest.canvas, args.batch_size, predictor.manifest.categories)
     else:
         from model_export.checkpoint import load_checkpoint, read_categories
 
@@ -178,39 +195,33 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="package directory to write (replaced whole on success)")
     parser.add_argument("--arch", choices=sorted(ARCH_NAMES), help="architecture of a plain state_dict")
     parser.add_argument("--categories", type=Path, help="class names of a plain state_dict (JSON list or one per line)")
-    parser.add_argument("--canvas", type=parse_canvas, help="canvas HxW (default: the checkpoint's, else 320x320)")
-    parser.add_argument("--max-batch", type=int, default=16, help="largest batch the graph accepts (default 16)")
-    parser.add_argument("--max-detections", type=int, default=100, help="K, detections per image (default 100)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="the service's default score threshold (default 0.5)")
-    parser.add_argument("--iou-threshold", type=float, help="the service's default NMS IoU threshold (default: the model's)")
-    parser.add_argument("--name", default="default", help="model name (default 'default')")
-    parser.add_argument("--version", default="1", help="model version (default '1')")
+    parser.add_argument("--canvas", type=parse_canvas, help=f"canvas HxW (default: the checkpoint's, else {_canvas_text(DEFAULT_CANVAS)})")
+    config_option(parser, ExportConfig, "--max-batch", "largest batch the graph accepts", type=int)
+    config_option(parser, ExportConfig, "--max-detections", "K, detections per image", type=int)
+    config_option(parser, ExportConfig, "--opset", "ONNX opset", type=int)
+    config_option(parser, ExportConfig, "--score-threshold", "the service's default score threshold", type=float)
+    config_option(parser, ExportConfig, "--iou-threshold", "the service's default NMS IoU threshold (default: the model's)", type=float)
+    config_option(parser, ExportConfig, "--name", "model name")
+    config_option(parser, ExportConfig, "--version", "model version")
     parser.set_defaults(run=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> None:
     from model_export.checkpoint import load_checkpoint, read_categories
-    from model_export.export import ExportConfig, export_package
+    from model_export.export import export_package
 
-    config = ExportConfig(
-        name=args.name,
-        version=args.version,
-        max_batch=args.max_batch,
-        max_detections=args.max_detections,
-        opset=args.opset,
-        score_threshold=args.score_threshold,
-        iou_threshold=args.iou_threshold,
-    )
+    config = config_from(ExportConfig, args)
     categories = read_categories(args.categories) if args.categories else None
     loaded = load_checkpoint(args.checkpoint, arch=args.arch, categories=categories, canvas=args.canvas)
     print(f"exporting {loaded.arch} on a {loaded.canvas[0]}x{loaded.canvas[1]} canvas, batch 1..{config.max_batch}", flush=True)
-    manifest = export_package(loaded, args.out, config)
-    parity = manifest["parity"]
-    print(
-        f"wrote {args.out}: parity {parity['matched']}/{parity['compared']} detections matched, "
-        f"max box delta {parity['max_box_delta_px']:.2e} px, max score delta {parity['max_score_delta']:.2e}"
+    parity = export_package(loaded, args.out, config).parity
+    measured = (
+        f"parity {parity.matched}/{parity.compared} detections matched, "
+        f"max box delta {parity.max_box_delta_px:.2e} px, max score delta {parity.max_score_delta:.2e}"
+        if parity
+        else "no parity figures"
     )
+    print(f"wrote {args.out}: {measured}")
 
 
 def _add_build_engine(commands: argparse._SubParsersAction) -> None:
@@ -222,21 +233,22 @@ def _add_build_engine(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--package", type=Path, required=True, help="model package directory")
     precision = parser.add_mutually_exclusive_group()
-    precision.add_argument(
-        "--fp16", action="store_true", help="build from an fp16 graph made from model.onnx (box decoding, TopK, NMS, RoiAlign stay fp32)"
-    )
-    precision.add_argument("--graph", type=Path, help="build from this graph instead (fp16, or int8 with Q/DQ nodes), made from model.onnx")
-    parser.add_argument("--batch", default="1:8:16", help="optimization profile MIN:OPT:MAX over the batch (default 1:8:16)")
-    parser.add_argument("--workspace-mb", type=int, default=2048, help="TensorRT's workspace limit in MiB (default 2048)")
+    fp16_help = "build from an fp16 graph made from model.onnx (box decoding, TopK, NMS, RoiAlign stay fp32)"
+    config_option(precision, EngineConfig, "--fp16", fp16_help, action="store_true")
+    graph_help = "build from this graph instead (fp16, or int8 with Q/DQ nodes), made from model.onnx"
+    config_option(precision, EngineConfig, "--graph", graph_help, type=Path)
+    profile = f"{EngineConfig.min_batch}:{EngineConfig.opt_batch}:{EngineConfig.max_batch}"
+    parser.add_argument("--batch", default=profile, help=f"optimization profile MIN:OPT:MAX over the batch (default {profile})")
+    config_option(parser, EngineConfig, "--workspace-mb", "TensorRT's workspace limit in MiB", type=int)
     parser.set_defaults(run=_run_build_engine)
 
 
 def _run_build_engine(args: argparse.Namespace) -> None:
-    from model_export.engine import EngineConfig, build_engine, parse_profile
+    from model_export.engine import build_engine
 
     low, opt, high = parse_profile(args.batch)
     started = time.monotonic()
-    config = EngineConfig(low, opt, high, fp16=args.fp16, workspace_mb=args.workspace_mb, graph=args.graph)
+    config = config_from(EngineConfig, args, min_batch=low, opt_batch=opt, max_batch=high)
     path = build_engine(args.package, config, progress=lambda line: print(f"{line} (a few minutes)", flush=True))
     print(f"wrote {path} and {path.with_suffix('.json').name} in {time.monotonic() - started:.0f} s")
 
@@ -256,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (CommandError, FileNotFoundError, FloatingPointError) as error:
+    except (CommandError, PackageError, FileNotFoundError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

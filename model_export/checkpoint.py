@@ -23,14 +23,10 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
 from model_export.architectures import ARCHITECTURES, build_model
-from model_export.errors import CommandError
+from model_export.command_errors import CheckpointError
+from model_export.config import DEFAULT_CANVAS
 
 BACKGROUND = "__background__"
-DEFAULT_CANVAS = (320, 320)
-
-
-class CheckpointError(CommandError, ValueError):
-    """A checkpoint that cannot be loaded as asked, with the file and what differs."""
 
 
 @dataclass

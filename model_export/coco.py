@@ -16,13 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model_export.errors import CommandError
+from model_export.command_errors import DatasetError
 
 ANNOTATIONS_FILE = "annotations.json"
-
-
-class DatasetError(CommandError, ValueError):
-    """A data set that cannot be used, with the file and field at fault in the message."""
 
 
 @dataclass(frozen=True)

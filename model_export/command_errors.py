@@ -1,8 +1,9 @@
-"""The base of the training side's expected failures.
+"""The training side's expected failures: bad input, or a failed check, that the user can act on.
 
 The command line answers each with one line naming the file and field at fault
 (exit 2) instead of a traceback. Being torch-free, this module lets the command
-line catch them without importing the modules that raise them.
+line catch them, and the torch-free configs raise them, without importing the
+modules that do the work.
 """
 
 from __future__ import annotations
@@ -10,3 +11,23 @@ from __future__ import annotations
 
 class CommandError(Exception):
     """Bad input or a failed check that the user can act on: a data set, a checkpoint, an export, an engine build."""
+
+
+class DatasetError(CommandError, ValueError):
+    """A data set that cannot be used, with the file and field at fault in the message."""
+
+
+class CheckpointError(CommandError, ValueError):
+    """A checkpoint that cannot be loaded as asked, with the file and what differs."""
+
+
+class ExportError(CommandError, RuntimeError):
+    """The export cannot go on; the message says what to change."""
+
+
+class PrecisionError(CommandError, ValueError):
+    """The graph cannot be converted; the message says why."""
+
+
+class EngineBuildError(CommandError, RuntimeError):
+    """The engine cannot be built here; the message says why."""

@@ -17,54 +17,20 @@ the GPU kind it was built for.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from model_export.errors import CommandError
-from model_export.package import ONNX_FILE, read_manifest
-from model_export.precision import PrecisionError, graph_precision, write_fp16_graph
+from model_export.command_errors import EngineBuildError, PrecisionError
+from model_export.config import EngineConfig
+from model_export.precision import graph_precision, write_fp16_graph
 from service.engines.engine_manifest import BatchProfile, EngineManifest, gpu_slug
 from service.gpu import gpu_problem
-from service.manifest import sha256_of
+from service.manifest import ONNX_FILE, ModelManifest, read_manifest, sha256_of, verify_graph_file
 
 MIN_TENSORRT_MAJOR = 11
 FP16_GRAPH_FILE = "model.fp16.onnx"
-
-
-class EngineBuildError(CommandError, RuntimeError):
-    """The engine cannot be built here; the message says why."""
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 16
-    fp16: bool = False  # build from an fp16 graph made from model.onnx
-    workspace_mb: int = 2048
-    graph: Path | None = None  # build from this graph (fp16, or int8 with Q/DQ nodes) instead of model.onnx
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise EngineBuildError(
-                f"the batch profile should satisfy 1 <= min <= opt <= max, got {self.min_batch}:{self.opt_batch}:{self.max_batch}"
-            )
-        if self.fp16 and self.graph is not None:
-            raise EngineBuildError(f"--fp16 makes an fp16 graph from model.onnx; --graph {self.graph} gives one: ask for one of the two")
-        if self.workspace_mb < 1:
-            raise EngineBuildError(f"--workspace-mb should be at least 1, got {self.workspace_mb}")
-
-
-def parse_profile(text: str) -> tuple[int, int, int]:
-    """``MIN:OPT:MAX`` -> (min, opt, max)."""
-    parts = text.split(":")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise EngineBuildError(f"--batch should be MIN:OPT:MAX, like 1:8:16, got {text!r}")
-    low, opt, high = (int(p) for p in parts)
-    return low, opt, high
 
 
 def source_graph(package: Path, config: EngineConfig) -> Path:
@@ -81,9 +47,9 @@ def source_graph(package: Path, config: EngineConfig) -> Path:
     return package / ONNX_FILE
 
 
-def check_graph_io(model: onnx.ModelProto, manifest: dict[str, Any], path: Path) -> None:
+def check_graph_io(model: onnx.ModelProto, manifest: ModelManifest, path: Path) -> None:
     """The graph's inputs and outputs must be the package's (names and element types), whatever its inner precision."""
-    declared = {spec["name"]: spec["dtype"] for spec in [*manifest["inputs"], *manifest["outputs"]]}
+    declared = {spec.name: spec.dtype for spec in [*manifest.inputs, *manifest.outputs]}
     actual = {
         tensor.name: onnx.helper.tensor_dtype_to_np_dtype(tensor.type.tensor_type.elem_type).name
         for tensor in [*model.graph.input, *model.graph.output]
@@ -117,8 +83,9 @@ def build_engine(package: Path, config: EngineConfig, progress: Callable[[str], 
 
     package = Path(package)
     manifest = read_manifest(package)
-    if config.max_batch > int(manifest["max_batch"]):
-        raise EngineBuildError(f"the profile's max batch {config.max_batch} exceeds the graph's max_batch {manifest['max_batch']}")
+    if config.max_batch > manifest.max_batch:
+        raise EngineBuildError(f"the profile's max batch {config.max_batch} exceeds the graph's max_batch {manifest.max_batch}")
+    verify_graph_file(package, manifest)  # the engine's manifest names this model.onnx by its hash: it must be the one
     graph_path = source_graph(package, config)
     model = onnx.load(str(graph_path))
     check_graph_io(model, manifest, graph_path)
@@ -127,7 +94,7 @@ def build_engine(package: Path, config: EngineConfig, progress: Callable[[str], 
         f"building a {precision} TensorRT {trt.__version__} engine of {graph_path.name} for {gpu}, batches {config.min_batch}..{config.max_batch}"
     )
     cache_path = package / f"tensorrt.{gpu_slug(gpu)}.timing.cache"
-    serialized = _serialize(trt, graph_path, tuple(manifest["canvas"]), config, precision, cache_path)
+    serialized = _serialize(trt, graph_path, manifest.canvas, config, precision, cache_path)
     engine_path = package / f"{EngineManifest.file_stem(gpu, precision)}.engine"
     engine_path.write_bytes(memoryview(serialized))
     EngineManifest(
@@ -136,7 +103,7 @@ def build_engine(package: Path, config: EngineConfig, progress: Callable[[str], 
         gpu=gpu,
         precision=precision,
         profile=BatchProfile(min=config.min_batch, opt=config.opt_batch, max=config.max_batch),
-        onnx_sha256=manifest["onnx_sha256"],
+        onnx_sha256=manifest.onnx_sha256,
         graph_file=graph_path.name,
         graph_sha256=sha256_of(graph_path),
         workspace_mb=config.workspace_mb,
@@ -154,7 +121,7 @@ def _parse(trt: Any, builder: Any, logger: Any, graph_path: Path) -> Any:
     return network
 
 
-def _serialize(trt: Any, graph_path: Path, canvas: tuple[int, ...], config: EngineConfig, precision: str, cache_path: Path) -> Any:
+def _serialize(trt: Any, graph_path: Path, canvas: tuple[int, int], config: EngineConfig, precision: str, cache_path: Path) -> Any:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = _parse(trt, builder, logger, graph_path)

@@ -6,7 +6,7 @@ import contextlib
 import io
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,20 +17,8 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from model_export.coco import CocoDataset, DatasetError, ImageRecord, open_image
+from model_export.detections import BatchPredictor, Detections
 from service.letterbox import letterbox
-
-
-@dataclass(frozen=True)
-class Detections:
-    """One image's detections. boxes (ndarray[N, 4]): x1, y1, x2, y2 in canvas pixels."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-
-
-# Runs a model on canvases (ndarray[B, H, W, 3] uint8 RGB) and returns each one's detections.
-BatchPredictor = Callable[[np.ndarray], list[Detections]]
 
 
 @dataclass

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -22,46 +20,18 @@ import torch
 from torchvision.models.detection import FasterRCNN
 
 from model_export.checkpoint import LoadedModel
-from model_export.errors import CommandError
-from model_export.evaluate import Detections, eager_predictor
+from model_export.command_errors import ExportError
+from model_export.config import ExportConfig
+from model_export.detections import Detections
+from model_export.evaluate import eager_predictor
 from model_export.export_graph import BatchedFasterRCNN
 from model_export.onnx_ops import translation_table
-from model_export.package import MANIFEST_FILE, ONNX_FILE, OnnxPredictor, io_spec
+from model_export.package import OnnxPredictor
 from model_export.parity import ParityReport, compare_detections
 from model_export.synth import generate_image
 from model_export.tensorrt_ops import check_graph
 from service.letterbox import PAD_VALUE, letterbox
-from service.manifest import sha256_of
-
-
-class ExportError(CommandError, RuntimeError):
-    """The export cannot go on; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    name: str = "default"
-    version: str = "1"
-    max_batch: int = 16
-    max_detections: int = 100
-    opset: int = 18
-    score_threshold: float = 0.5  # the service's default; the graph takes it at run time
-    iou_threshold: float | None = None  # None: the model's own (torchvision's box_nms_thresh)
-    # Parity check: images and batch sizes run through both models.
-    parity_images: int = 8
-    parity_batches: tuple[int, ...] = (1, 2, 5)
-    parity_score_threshold: float = 0.05
-    parity_min_matched: float = 0.99
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ExportError(f"max_batch should be at least 1, got {self.max_batch}")
-        if self.max_detections < 1:
-            raise ExportError(f"max_detections should be at least 1, got {self.max_detections}")
-        if not 0 <= self.score_threshold <= 1:
-            raise ExportError(f"score_threshold should be within 0..1, got {self.score_threshold}")
-        if self.iou_threshold is not None and not 0 <= self.iou_threshold <= 1:
-            raise ExportError(f"iou_threshold should be within 0..1, got {self.iou_threshold}")
+from service.manifest import GRAPH_INPUTS, GRAPH_OUTPUTS, ONNX_FILE, LetterboxSpec, ModelManifest, ParityFigures, graph_signature, sha256_of
 
 
 def check_canvas(model: FasterRCNN, canvas: tuple[int, int]) -> None:
@@ -81,13 +51,12 @@ def export_onnx(wrapper: BatchedFasterRCNN, path: Path, config: ExportConfig) ->
     canvas = wrapper.constants.canvas
     batch = torch.export.Dim("batch", min=1, max=config.max_batch)
     example = (torch.full((min(2, config.max_batch), *canvas, 3), PAD_VALUE, dtype=torch.uint8), torch.tensor(0.5), torch.tensor(0.5))
-    inputs, outputs = io_spec(canvas, config.max_detections)
     program = torch.onnx.export(
         wrapper,
         example,
         dynamo=True,
-        input_names=[spec["name"] for spec in inputs],
-        output_names=[spec["name"] for spec in outputs],
+        input_names=[spec.name for spec in GRAPH_INPUTS],
+        output_names=[spec.name for spec in GRAPH_OUTPUTS],
         dynamic_shapes=({0: batch}, None, None),
         custom_translation_table=translation_table(),
         opset_version=config.opset,
@@ -158,7 +127,7 @@ def check_parity(report: ParityReport, config: ExportConfig) -> None:
         )
 
 
-def export_package(loaded: LoadedModel, out: Path, config: ExportConfig) -> dict[str, Any]:
+def export_package(loaded: LoadedModel, out: Path, config: ExportConfig) -> ModelManifest:
     """Exports, verifies and writes the package directory ``out``; returns the manifest."""
     check_canvas(loaded.model, loaded.canvas)
     iou_threshold = config.iou_threshold if config.iou_threshold is not None else float(loaded.model.roi_heads.nms_thresh)
@@ -170,12 +139,12 @@ def export_package(loaded: LoadedModel, out: Path, config: ExportConfig) -> dict
         wrapper = BatchedFasterRCNN(loaded.model, loaded.canvas, config.max_detections).eval()
         onnx_path = staging / ONNX_FILE
         export_onnx(wrapper, onnx_path, config)
-        manifest = _manifest(loaded, config, onnx_path, iou_threshold, ParityReport())
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        manifest = _manifest(loaded, config, onnx_path, iou_threshold)
+        manifest.write(staging)  # the parity check runs the staged package, manifest included, as the service will
         report = verify_parity(loaded, onnx_path, config, iou_threshold)
         check_parity(report, config)
-        manifest = _manifest(loaded, config, onnx_path, iou_threshold, report)
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        manifest = manifest.model_copy(update={"parity": _parity_figures(report, config)})
+        manifest.write(staging)
         _replace_directory(staging, out)
         return manifest
     finally:
@@ -193,40 +162,41 @@ def _replace_directory(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
-def _manifest(loaded: LoadedModel, config: ExportConfig, onnx_path: Path, iou_threshold: float, report: ParityReport) -> dict[str, Any]:
+def _manifest(loaded: LoadedModel, config: ExportConfig, onnx_path: Path, iou_threshold: float) -> ModelManifest:
+    """The package's manifest, before its parity check has run (``parity`` None)."""
     import onnxruntime
     import torchvision
 
-    inputs, outputs = io_spec(loaded.canvas, config.max_detections)
-    return {
-        "name": config.name,
-        "version": config.version,
-        "arch": loaded.arch,
-        "categories": loaded.categories,
-        "canvas": list(loaded.canvas),
-        "letterbox": {"align": "top-left", "pad_value": PAD_VALUE, "resample": "bilinear"},
-        "max_batch": config.max_batch,
-        "max_detections": config.max_detections,
-        "score_threshold": config.score_threshold,
-        "iou_threshold": iou_threshold,
-        "inputs": inputs,
-        "outputs": outputs,
-        "onnx_file": ONNX_FILE,
-        "onnx_sha256": sha256_of(onnx_path),
-        "opset": config.opset,
-        "parity": {
-            **report.to_json(),
-            "batch_sizes": list(config.parity_batches),
-            "images": config.parity_images,
-            "score_threshold": config.parity_score_threshold,
-        },
-        "export_config": asdict(config),
-        "training": loaded.metadata,
-        "tools": {
+    inputs, outputs = graph_signature(loaded.canvas, config.max_detections)
+    return ModelManifest(
+        name=config.name,
+        version=config.version,
+        arch=loaded.arch,
+        categories=loaded.categories,
+        canvas=loaded.canvas,
+        letterbox=LetterboxSpec(align="top-left", pad_value=PAD_VALUE, resample="bilinear"),
+        max_batch=config.max_batch,
+        max_detections=config.max_detections,
+        score_threshold=config.score_threshold,
+        iou_threshold=iou_threshold,
+        inputs=inputs,
+        outputs=outputs,
+        onnx_file=onnx_path.name,
+        onnx_sha256=sha256_of(onnx_path),
+        opset=config.opset,
+        export_config=asdict(config),
+        training=loaded.metadata,
+        tools={
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
         },
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def _parity_figures(report: ParityReport, config: ExportConfig) -> ParityFigures:
+    """The parity check's figures and how it was run, as the manifest records them."""
+    run = {"batch_sizes": list(config.parity_batches), "images": config.parity_images, "score_threshold": config.parity_score_threshold}
+    return ParityFigures.model_validate(report.to_json() | run)

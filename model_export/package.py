@@ -1,44 +1,14 @@
-"""The model package: ``model.onnx`` + ``model.json`` (DESIGN.md), and running it in ONNX Runtime."""
+"""Running a model package (``model.onnx`` + ``model.json``, DESIGN.md) in ONNX Runtime, as the evaluation and the parity check do."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from model_export.evaluate import Detections
-
-ONNX_FILE = "model.onnx"
-MANIFEST_FILE = "model.json"
-
-INPUTS = [
-    {"name": "images", "dtype": "uint8", "shape": ["batch", "H", "W", 3]},
-    {"name": "score_threshold", "dtype": "float32", "shape": []},
-    {"name": "iou_threshold", "dtype": "float32", "shape": []},
-]
-OUTPUTS = [
-    {"name": "num_detections", "dtype": "int64", "shape": ["batch"]},
-    {"name": "boxes", "dtype": "float32", "shape": ["batch", "K", 4]},
-    {"name": "scores", "dtype": "float32", "shape": ["batch", "K"]},
-    {"name": "labels", "dtype": "int64", "shape": ["batch", "K"]},
-]
-
-
-def io_spec(canvas: tuple[int, int], max_detections: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The graph's inputs and outputs with the canvas and K filled in."""
-    sizes = {"H": canvas[0], "W": canvas[1], "K": max_detections}
-    fill = lambda specs: [{**s, "shape": [sizes.get(d, d) if isinstance(d, str) else d for d in s["shape"]]} for s in specs]  # noqa: E731
-    return fill(INPUTS), fill(OUTPUTS)
-
-
-def read_manifest(package: Path) -> dict[str, Any]:
-    path = Path(package) / MANIFEST_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; a model package holds {ONNX_FILE} and {MANIFEST_FILE}")
-    return json.loads(path.read_text())
+from model_export.detections import Detections
+from service.manifest import read_manifest
 
 
 @dataclass
@@ -51,14 +21,11 @@ class OnnxPredictor:
     threads: int = 0  # 0: ONNX Runtime's default
 
     def __post_init__(self) -> None:
-        # The service's engine: one place builds the session and feeds the graph.
+        # The service's engine: one place builds the session and feeds the graph (imported here: it loads onnxruntime).
         from service.engines.onnxruntime import OnnxRuntimeEngine
-        from service.manifest import ModelManifest
 
         self.manifest = read_manifest(self.package)
-        self.engine = OnnxRuntimeEngine(self.package, ModelManifest.model_validate(self.manifest), ["cpu"], self.threads)
-        if self.iou_threshold is None:
-            self.iou_threshold = float(self.manifest["iou_threshold"])
+        self.engine = OnnxRuntimeEngine(self.package, self.manifest, ["cpu"], self.threads)
 
     def run(self, canvases: np.ndarray, score_threshold: float, iou_threshold: float) -> list[Detections]:
         results: list[Detections] = []
@@ -68,5 +35,5 @@ class OnnxPredictor:
         return results
 
     def __call__(self, canvases: np.ndarray) -> list[Detections]:
-        iou = self.iou_threshold if self.iou_threshold is not None else float(self.manifest["iou_threshold"])
+        iou = self.manifest.iou_threshold if self.iou_threshold is None else self.iou_threshold
         return self.run(canvases, self.score_threshold, iou)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_export.evaluate import Detections
+from model_export.detections import Detections
 
 
 @dataclass

@@ -28,15 +28,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from model_export.errors import CommandError
-
-Precision = Literal["fp32", "fp16", "int8"]
+from model_export.command_errors import PrecisionError
+from service.engines.engine_manifest import Precision
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
@@ -48,10 +46,6 @@ HALF_CARRIERS = frozenset(
     | {"Squeeze", "Unsqueeze", "Identity"}
 )
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
-
-
-class PrecisionError(CommandError, ValueError):
-    """The graph cannot be converted; the message says why."""
 
 
 @dataclass(frozen=True)

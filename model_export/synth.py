@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from model_export.config import SynthConfig
+
 CATEGORIES = ["circle", "triangle", "square", "star", "cross", "ring", "arrow"]
 
 # (width, height) of generated images; several aspect ratios and scales.
@@ -34,15 +36,6 @@ IMAGE_SIZES = [(320, 320), (384, 288), (288, 384), (320, 240), (240, 320), (352,
 MIN_OBJECT_PX = 12
 MAX_OBJECTS = 12
 MIN_VISIBLE_FRACTION = 0.5
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    count: int = 100
-    seed: int = 0
-    # Scales every entry of IMAGE_SIZES; 1.0 keeps them about 320 px.
-    size_scale: float = 1.0
-    empty_fraction: float = 0.08
 
 
 def _unit_polygon(category: str) -> list[list[tuple[float, float]]]:
@@ -180,7 +173,9 @@ def _layout(rng: np.random.Generator, width: int, height: int, count: int) -> li
     return objects
 
 
-def generate_image(seed: int, index: int, size_scale: float = 1.0, empty_fraction: float = 0.08) -> tuple[Image.Image, list[dict]]:
+def generate_image(
+    seed: int, index: int, size_scale: float = SynthConfig.size_scale, empty_fraction: float = SynthConfig.empty_fraction
+) -> tuple[Image.Image, list[dict]]:
     """One image and its annotations (COCO dicts without ids). Depends only on its arguments."""
     rng = np.random.default_rng([seed, index])
     base_w, base_h = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]

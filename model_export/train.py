@@ -11,7 +11,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,35 +21,21 @@ from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from model_export.checkpoint import CheckpointError, LoadedModel, load_train_state, save_checkpoint, save_train_state, train_state_path
+from model_export.checkpoint import LoadedModel, load_train_state, save_checkpoint, save_train_state, train_state_path
 from model_export.coco import CocoDataset, ImageRecord, open_image
+from model_export.command_errors import CheckpointError
+from model_export.config import TrainConfig
 from service.letterbox import PAD_VALUE, fit_scale
 
 Target = dict[str, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 12
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_iters: int = 300
-    grad_clip: float = 10.0
-    workers: int = 1
-    seed: int = 0
-    # Augmentation: images shrink to this fraction of the fitting scale at the least.
-    min_scale: float = 0.6
-    augment: bool = True
-    # bfloat16 autocast: weights and optimizer stay float32; on CPUs with AMX an iteration is about 1.2x faster.
-    bf16: bool = False
-    max_iters: int | None = None  # stops early, for smoke tests
-
-
 class CanvasDataset(Dataset[tuple[torch.Tensor, Target]]):
     """Images letterboxed onto the canvas, as float [3, H, W] in 0..1, with their boxes on the canvas."""
 
-    def __init__(self, records: list[ImageRecord], canvas: tuple[int, int], augment: bool, min_scale: float = 0.6) -> None:
+    def __init__(
+        self, records: list[ImageRecord], canvas: tuple[int, int], augment: bool, min_scale: float = TrainConfig.min_scale
+    ) -> None:
         self.records = records
         self.canvas = canvas
         self.augment = augment

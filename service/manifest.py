@@ -1,24 +1,75 @@
-"""The model package's manifest (``model.json``), as the service reads it."""
+"""The model package's manifest (``model.json``): written by ``model_export export``, read by the service. One class for both sides."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+ONNX_FILE = "model.onnx"
 MANIFEST_FILE = "model.json"
 
 
 class TensorSpec(BaseModel):
+    """One input or output of the graph. ``shape`` holds sizes and names: ``batch`` is dynamic."""
+
     name: str
     dtype: str
     shape: list[int | str]
 
+    def sized(self, sizes: Mapping[str, int]) -> TensorSpec:
+        """The spec with the named dimensions that ``sizes`` gives replaced by their sizes."""
+        return self.model_copy(update={"shape": [sizes.get(d, d) if isinstance(d, str) else d for d in self.shape]})
+
+
+# The graph's signature (DESIGN.md, "The ONNX graph"): H x W is the canvas, K is max_detections.
+GRAPH_INPUTS = (
+    TensorSpec(name="images", dtype="uint8", shape=["batch", "H", "W", 3]),
+    TensorSpec(name="score_threshold", dtype="float32", shape=[]),
+    TensorSpec(name="iou_threshold", dtype="float32", shape=[]),
+)
+GRAPH_OUTPUTS = (
+    TensorSpec(name="num_detections", dtype="int64", shape=["batch"]),
+    TensorSpec(name="boxes", dtype="float32", shape=["batch", "K", 4]),
+    TensorSpec(name="scores", dtype="float32", shape=["batch", "K"]),
+    TensorSpec(name="labels", dtype="int64", shape=["batch", "K"]),
+)
+
+
+def graph_signature(canvas: tuple[int, int], max_detections: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The graph's inputs and outputs with the canvas and K filled in (the batch stays dynamic)."""
+    sizes = {"H": canvas[0], "W": canvas[1], "K": max_detections}
+    return [spec.sized(sizes) for spec in GRAPH_INPUTS], [spec.sized(sizes) for spec in GRAPH_OUTPUTS]
+
+
+class LetterboxSpec(BaseModel):
+    """How images are put on the canvas (``service.letterbox``): scaled to fit, at the top left, padded."""
+
+    align: Literal["top-left"] = "top-left"
+    pad_value: int = Field(ge=0, le=255)
+    resample: Literal["bilinear"] = "bilinear"
+
+
+class ParityFigures(BaseModel):
+    """What the export's parity check measured: the graph in ONNX Runtime against the eager model, image by image."""
+
+    compared: int = Field(ge=0)
+    matched: int = Field(ge=0)
+    matched_fraction: float
+    max_box_delta_px: float
+    max_score_delta: float
+    min_iou: float
+    batch_sizes: list[int]
+    images: int
+    score_threshold: float
+
 
 class ModelManifest(BaseModel):
+    # Keys this class does not name are kept (and written back): a newer export's additions pass through an older reader.
     model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str
@@ -26,14 +77,22 @@ class ModelManifest(BaseModel):
     arch: str
     categories: list[str] = Field(min_length=2)
     canvas: tuple[int, int]
+    letterbox: LetterboxSpec | None = None
     max_batch: int = Field(ge=1)
     max_detections: int = Field(ge=1)
     score_threshold: float = Field(ge=0, le=1)
     iou_threshold: float = Field(ge=0, le=1)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    onnx_file: str = "model.onnx"
+    onnx_file: str = ONNX_FILE
     onnx_sha256: str
+    # How the graph was made: written by the export, shown by the service, checked by neither.
+    opset: int | None = None
+    parity: ParityFigures | None = None
+    export_config: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    tools: dict[str, str] = Field(default_factory=dict)
+    created: str | None = None
 
     @model_validator(mode="after")
     def _shapes_agree(self) -> ModelManifest:
@@ -56,19 +115,28 @@ class ModelManifest(BaseModel):
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def write(self, package: Path) -> Path:
+        path = Path(package) / MANIFEST_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, package: Path) -> ModelManifest:
+        path = Path(package) / MANIFEST_FILE
+        if not path.is_file():
+            raise PackageError(f"{path}: no model manifest (a model package directory holds {ONNX_FILE} and {MANIFEST_FILE})")
+        try:
+            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, ValidationError) as error:
+            raise PackageError(f"{path}: not a valid model manifest: {error}") from error
+
 
 class PackageError(RuntimeError):
     """The model package is missing or unusable; the message names the file."""
 
 
 def read_manifest(package: Path) -> ModelManifest:
-    path = Path(package) / MANIFEST_FILE
-    if not path.is_file():
-        raise PackageError(f"{path}: no model manifest (is DETECTOR_MODEL_DIR a model package directory?)")
-    try:
-        return ModelManifest.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as error:
-        raise PackageError(f"{path}: not a valid model manifest: {error}") from error
+    return ModelManifest.read(package)
 
 
 def sha256_of(path: Path) -> str:

@@ -52,30 +52,21 @@ def test_rejects_missing_image_file(dataset_copy: Path) -> None:
         load_dataset(dataset_copy)
 
 
-def test_rejects_category_id_out_of_range(dataset_copy: Path) -> None:
+@pytest.mark.parametrize(
+    ("index", "field", "value", "message"),
+    [
+        (3, "category_id", 99, r"annotations\[3\]\.category_id 99 is not among"),
+        (0, "image_id", 12345, r"annotations\[0\]\.image_id 12345 names no image"),
+        (1, "bbox", [1, 2, "wide"], r"annotations\[1\]\.bbox should be 4 finite numbers"),
+    ],
+    ids=["category_id_out_of_range", "annotation_of_unknown_image", "bad_bbox"],
+)
+def test_rejects_a_bad_annotation_field(dataset_copy: Path, index: int, field: str, value: object, message: str) -> None:
     def change(data: dict) -> None:
-        data["annotations"][3]["category_id"] = 99
+        data["annotations"][index][field] = value
 
     _edit(dataset_copy, change)
-    with pytest.raises(DatasetError, match=r"annotations\[3\]\.category_id 99 is not among"):
-        load_dataset(dataset_copy)
-
-
-def test_rejects_annotation_of_unknown_image(dataset_copy: Path) -> None:
-    def change(data: dict) -> None:
-        data["annotations"][0]["image_id"] = 12345
-
-    _edit(dataset_copy, change)
-    with pytest.raises(DatasetError, match=r"annotations\[0\]\.image_id 12345 names no image"):
-        load_dataset(dataset_copy)
-
-
-def test_rejects_bad_bbox(dataset_copy: Path) -> None:
-    def change(data: dict) -> None:
-        data["annotations"][1]["bbox"] = [1, 2, "wide"]
-
-    _edit(dataset_copy, change)
-    with pytest.raises(DatasetError, match=r"annotations\[1\]\.bbox should be 4 finite numbers"):
+    with pytest.raises(DatasetError, match=message):
         load_dataset(dataset_copy)
 
 

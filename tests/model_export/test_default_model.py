@@ -11,7 +11,8 @@ import pytest
 
 from model_export.checkpoint import load_checkpoint
 from model_export.coco import load_dataset
-from model_export.evaluate import Detections, eager_predictor, evaluate
+from model_export.detections import Detections
+from model_export.evaluate import eager_predictor, evaluate
 from model_export.export import eager_thresholds
 from model_export.package import OnnxPredictor
 from model_export.parity import ParityReport, box_iou, compare_detections
@@ -78,8 +79,8 @@ def _eager_alone(loaded, canvases: np.ndarray, score_threshold: float, iou_thres
 def test_package_matches_the_eager_model_at_every_batch_size(default_model) -> None:  # type: ignore[no-untyped-def]
     canvases = _scenes(default_model.canvas, 16)
     runner = OnnxPredictor(DEFAULT / "package")
-    threshold, iou = 0.3, float(runner.manifest["iou_threshold"])
-    reference = _eager_alone(default_model, canvases, threshold, iou, int(runner.manifest["max_detections"]))
+    threshold, iou = 0.3, runner.manifest.iou_threshold
+    reference = _eager_alone(default_model, canvases, threshold, iou, runner.manifest.max_detections)
     counts = [len(r.scores) for r in reference]
     assert 0 in counts and max(counts) >= 5, counts
     for batch in (1, 2, 5, 16):
@@ -88,14 +89,14 @@ def test_package_matches_the_eager_model_at_every_batch_size(default_model) -> N
         for start in range(0, len(canvases), batch):
             got += runner.run(canvases[start : start + batch], threshold, iou)
         for ref, out in zip(reference, got, strict=True):
-            report.add(compare_detections(ref, out, threshold, int(runner.manifest["max_detections"])))
+            report.add(compare_detections(ref, out, threshold, runner.manifest.max_detections))
         assert report.matched_fraction >= 0.99, f"batch {batch}: {report.to_json()}"
 
 
 def test_package_matches_the_eager_model_at_a_second_iou_threshold(default_model) -> None:  # type: ignore[no-untyped-def]
     canvases = _scenes(default_model.canvas, 8)
     runner = OnnxPredictor(DEFAULT / "package")
-    cap, default_iou, strict_iou = int(runner.manifest["max_detections"]), float(runner.manifest["iou_threshold"]), 0.3
+    cap, default_iou, strict_iou = runner.manifest.max_detections, runner.manifest.iou_threshold, 0.3
     threshold = 0.05  # low: overlapping candidates of one object survive the score filter, and NMS decides
     at_default = runner.run(canvases, threshold, default_iou)
     at_strict = runner.run(canvases, threshold, strict_iou)

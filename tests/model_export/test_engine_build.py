@@ -14,13 +14,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from model_export.__main__ import main
-from model_export.engine import EngineBuildError, EngineConfig, check_graph_io, parse_profile, source_graph
-from model_export.evaluate import Detections
-from model_export.package import read_manifest
+from model_export.config import parse_profile
+from model_export.detections import Detections
+from model_export.engine import EngineBuildError, EngineConfig, check_graph_io, source_graph
 from model_export.parity import ParityReport, compare_detections
 from model_export.precision import FP16_MAX, PrecisionError, convert_to_fp16, graph_precision
 from model_export.synth import generate_image
 from service.letterbox import letterbox
+from service.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PACKAGE = REPO / "models" / "default" / "package"
@@ -55,7 +56,7 @@ def _detect(model: onnx.ModelProto, canvases: np.ndarray) -> list[Detections]:
 
 
 def test_fp16_graph_detects_what_the_fp32_graph_detects(fp32_graph: onnx.ModelProto, fp16_graph: onnx.ModelProto) -> None:
-    canvas = tuple(read_manifest(DEFAULT_PACKAGE)["canvas"])
+    canvas = read_manifest(DEFAULT_PACKAGE).canvas
     canvases = np.stack([letterbox(generate_image(seed=4242, index=i, empty_fraction=0.0)[0], canvas)[0] for i in range(16)])
     reference, half = _detect(fp32_graph, canvases), _detect(fp16_graph, canvases)
     counts = np.array([[len(r.scores), len(h.scores)] for r, h in zip(reference, half, strict=True)])

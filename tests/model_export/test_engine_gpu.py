@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_export.detections import Detections
 from model_export.engine import EngineConfig, build_engine
-from model_export.evaluate import Detections
 from model_export.package import OnnxPredictor
 from model_export.parity import ParityReport, compare_detections
 from model_export.synth import generate_image

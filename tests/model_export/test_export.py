@@ -13,11 +13,13 @@ import torch
 from model_export.__main__ import main
 from model_export.architectures import ARCHITECTURES, COMPACT_ARCH
 from model_export.checkpoint import LoadedModel, save_checkpoint
-from model_export.evaluate import Detections, eager_predictor
+from model_export.detections import Detections
+from model_export.evaluate import eager_predictor
 from model_export.export import ExportConfig, ExportError, eager_thresholds, export_package
-from model_export.package import MANIFEST_FILE, ONNX_FILE, OnnxPredictor
+from model_export.package import OnnxPredictor
 from model_export.parity import ParityReport, compare_detections
 from model_export.tensorrt_ops import SUPPORTED_OPS, check_graph
+from service.manifest import MANIFEST_FILE, ONNX_FILE
 
 SCORE_THRESHOLD = 0.3  # for tests that need no mix
 IOU_THRESHOLD = 0.5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_export.evaluate import Detections
+from model_export.detections import Detections
 from model_export.export import ExportConfig, ExportError, check_parity
 from model_export.parity import ParityReport, compare_detections
 

@@ -1,0 +1,98 @@
+"""The options of each stage, with their defaults: synthetic data, training, export, engine build.
+
+The command line reads its defaults from here, so they are written once. This
+module imports nothing heavy: ``python -m model_export --help`` and ``synth``
+load no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_export.command_errors import EngineBuildError, ExportError
+
+# The canvas (H, W) of a model that has none yet: one built from scratch, or a checkpoint that names none.
+DEFAULT_CANVAS = (320, 320)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    count: int = 100
+    seed: int = 0
+    # Scales every entry of synth.IMAGE_SIZES; 1.0 keeps them about 320 px.
+    size_scale: float = 1.0
+    empty_fraction: float = 0.08
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_iters: int = 300
+    grad_clip: float = 10.0
+    workers: int = 1
+    seed: int = 0
+    # Augmentation: images shrink to this fraction of the fitting scale at the least.
+    min_scale: float = 0.6
+    augment: bool = True
+    # bfloat16 autocast: weights and optimizer stay float32; on CPUs with AMX an iteration is about 1.2x faster.
+    bf16: bool = False
+    max_iters: int | None = None  # stops early, for smoke tests
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    name: str = "default"
+    version: str = "1"
+    max_batch: int = 16
+    max_detections: int = 100
+    opset: int = 18
+    score_threshold: float = 0.5  # the service's default; the graph takes it at run time
+    iou_threshold: float | None = None  # None: the model's own (torchvision's box_nms_thresh)
+    # Parity check: images and batch sizes run through both models.
+    parity_images: int = 8
+    parity_batches: tuple[int, ...] = (1, 2, 5)
+    parity_score_threshold: float = 0.05
+    parity_min_matched: float = 0.99
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ExportError(f"max_batch should be at least 1, got {self.max_batch}")
+        if self.max_detections < 1:
+            raise ExportError(f"max_detections should be at least 1, got {self.max_detections}")
+        if not 0 <= self.score_threshold <= 1:
+            raise ExportError(f"score_threshold should be within 0..1, got {self.score_threshold}")
+        if self.iou_threshold is not None and not 0 <= self.iou_threshold <= 1:
+            raise ExportError(f"iou_threshold should be within 0..1, got {self.iou_threshold}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 16
+    fp16: bool = False  # build from an fp16 graph made from model.onnx
+    workspace_mb: int = 2048
+    graph: Path | None = None  # build from this graph (fp16, or int8 with Q/DQ nodes) instead of model.onnx
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise EngineBuildError(
+                f"the batch profile should satisfy 1 <= min <= opt <= max, got {self.min_batch}:{self.opt_batch}:{self.max_batch}"
+            )
+        if self.fp16 and self.graph is not None:
+            raise EngineBuildError(f"--fp16 makes an fp16 graph from model.onnx; --graph {self.graph} gives one: ask for one of the two")
+        if self.workspace_mb < 1:
+            raise EngineBuildError(f"--workspace-mb should be at least 1, got {self.workspace_mb}")
+
+
+def parse_profile(text: str) -> tuple[int, int, int]:
+    """``MIN:OPT:MAX`` -> (min, opt, max)."""
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise EngineBuildError(f"--batch should be MIN:OPT:MAX, like 1:8:16, got {text!r}")
+    low, opt, high = (int(p) for p in parts)
+    return low, opt, high

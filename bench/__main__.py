@@ -1,20 +1,22 @@
-"""``python -m bench``: the service against the raw engine and a naive eager server, side by side in one run.
+"""``python -m bench``: the service against the raw engine, a naive eager server and the eager model, in one report.
 
-    python -m bench [--quick] [--checkpoint models/default/model.pt] [--package models/default/package] [--out bench/results]
+    python -m bench [--quick] [--only SECTIONS] [--checkpoint models/default/model.pt] [--package models/default/package] [--out bench/results]
 
-Measures, per device (the CPU, and a GPU when there is one):
+Sections, per device (the CPU, and a GPU when there is one):
 
-* the raw engine: the exported graph in ONNX Runtime at batch 1, 4, 8, 16, no HTTP;
-* the service with batching on and off (max batch size 1), through real HTTP;
-* the naive baseline: the eager torchvision model (same weights and canvas)
-  behind a minimal FastAPI endpoint that serves one request at a time;
+* systems: the raw engine (the exported graph in the service's engine at batch 1, 4, 8, 16, no HTTP), the
+  service with batching on and off (max batch size 1) through real HTTP, and the naive baseline (the eager
+  torchvision model, same weights and canvas, behind a minimal FastAPI endpoint that serves one request at a
+  time), at 1, 4, 16 and 64 concurrent clients, with a closed-loop load generator in its own process;
+* service-throughput: the service at 16 clients against the same engine behind the same batcher without HTTP,
+  in alternating rounds;
+* export-speed: the exported graph against the eager model, per image at batch 1, 4 and 8, alternating in one process.
 
-at 1, 4, 16 and 64 concurrent clients on a fixed set of real-sized JPEGs, with
-a closed-loop load generator in its own process. Writes bench.json (every
-figure and the machine), bench.md (tables) and PNG plots into --out.
-A full run takes under 10 minutes on 2 CPU cores; --quick under 2 minutes
-(a check that it all works, with too few requests for figures to publish).
-Run it on an otherwise idle machine.
+All on a fixed set of real-sized JPEGs. Writes bench.json (every figure, and the run and machine that measured
+it), bench.md (tables) and PNG plots into --out. ``--only`` measures some sections and merges them into the
+report already in --out (a section keeps the run that measured it; --fresh starts a new report). A full run
+takes under 10 minutes on 2 CPU cores; --quick about 2 minutes (a check that it all works, with too few
+requests for figures to publish). Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -24,10 +26,18 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import onnxruntime
+from pydantic import ValidationError
+
 from bench import plots, report, runner
 from bench.config import FULL_PLAN, BenchConfig, BenchError, LoadPlan, quick_overrides
-from bench.figures import BenchResult
-from bench.systems import gpu_present
+from bench.figures import SECTIONS, BenchResult
+from service.engines.onnxruntime import uses_gpu
+from service.gpu import gpu_problem
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -40,9 +50,20 @@ def _ints(text: str) -> tuple[int, ...]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = BenchConfig.__dataclass_fields__
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer requests and images: under 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="fewer requests, images and rounds: about 2 minutes")
     parser.add_argument(
-        "--checkpoint", type=Path, default=defaults["checkpoint"].default, help="for the naive baseline (default: %(default)s)"
+        "--only",
+        type=_names,
+        default=tuple(SECTIONS),
+        metavar="SECTIONS",
+        help=f"comma-separated, of: {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument("--fresh", action="store_true", help="a new report: do not keep the sections of the one already in --out")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=defaults["checkpoint"].default,
+        help="for the naive baseline and export-speed (default: %(default)s)",
     )
     parser.add_argument(
         "--package", type=Path, default=defaults["package"].default, help="for the service and raw engine (default: %(default)s)"
@@ -70,11 +91,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _devices(asked: str) -> tuple[str, ...]:
+def gpu_unusable(gpu_engine: str) -> str | None:
+    """Why the benchmark cannot measure on a GPU here; None when it can."""
+    problem = gpu_problem()
+    if problem is None and gpu_engine == "onnxruntime" and not uses_gpu(onnxruntime.get_available_providers()):
+        problem = "this onnxruntime has no GPU execution provider (install onnxruntime-gpu)"
+    return problem
+
+
+def _devices(asked: str, gpu_engine: str) -> tuple[str, ...]:
+    problem = gpu_unusable(gpu_engine) if "gpu" in asked or asked == "auto" else None
     if asked == "auto":
-        return ("cpu", "gpu") if gpu_present() else ("cpu",)
-    if "gpu" in asked and not gpu_present():
-        raise BenchError(f"--devices {asked}: no NVIDIA GPU usable by this onnxruntime (install onnxruntime-gpu on a GPU host)")
+        return ("cpu", "gpu") if problem is None else ("cpu",)
+    if problem is not None:
+        raise BenchError(f"--devices {asked}: {problem}")
     return tuple(asked.split(","))
 
 
@@ -85,7 +115,8 @@ def make_config(args: argparse.Namespace) -> BenchConfig:
     values |= {
         "plan": plan,
         "quick": args.quick,
-        "devices": _devices(args.devices),
+        "sections": args.only,
+        "devices": _devices(args.devices, args.gpu_engine),
         "checkpoint": args.checkpoint.resolve(),
         "package": args.package.resolve(),
     }
@@ -101,11 +132,28 @@ def make_config(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(**values)
 
 
+def merged(result: BenchResult, out: Path) -> BenchResult:
+    """``result`` with the devices and sections it did not measure kept from the report already in ``out``, if any."""
+    path = out / "bench.json"
+    if not path.is_file():
+        return result
+    try:
+        older = BenchResult.model_validate_json(path.read_text())
+        return result.merged_over(older)
+    except (ValidationError, ValueError) as error:
+        print(f"{path}: not merged, replaced ({str(error).splitlines()[0]})", file=sys.stderr)
+        return result
+
+
 def write_outputs(result: BenchResult, out: Path) -> None:
     """bench.json, bench.md and the plots, into ``out``; prints the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(result.model_dump_json(indent=2) + "\n")
-    written = {device.device: [path.name for path in plots.plot_device(device, out, result.quick)] for device in result.devices}
+    written = {
+        device.device: [path.name for path in plots.plot_device(device.device, device.systems, out)]
+        for device in result.devices
+        if device.systems is not None
+    }
     text = report.markdown(result, written)
     (out / "bench.md").write_text(text + "\n")
     print(text)
@@ -122,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    write_outputs(runner.run(config), config.out)
+    command = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
+    result = runner.run(config, command)
+    write_outputs(result if args.fresh else merged(result, config.out), config.out)
     return 0
 
 

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.figures import SECTIONS
+from bench.servers import REPO
 
 
 class BenchError(ValueError):
     """A benchmark that cannot run as asked; the message names the option or file at fault."""
+
+
+def progress(message: str) -> None:
+    """A progress line, on stderr (the report goes to stdout)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -46,11 +53,19 @@ class BenchConfig:
     out: Path = REPO / "bench" / "results"
     quick: bool = False
     devices: tuple[str, ...] = ("cpu",)
+    sections: tuple[str, ...] = tuple(SECTIONS)
     plan: LoadPlan = field(default_factory=LoadPlan)
     # The fixed set of JPEGs, and the raw engine's batch sizes and images per batch size.
     image_count: int = 24
     raw_batches: tuple[int, ...] = (1, 4, 8, 16)
     raw_images: int = 64
+    # export-speed: the graph against the eager model at these batch sizes, medians over the rounds.
+    export_batches: tuple[int, ...] = (1, 4, 8)
+    export_rounds: int = 7
+    # service-throughput: the service against the raw engine behind its batcher, at one client count, alternating rounds.
+    throughput_clients: int = 16
+    throughput_requests_per_client: int = 20
+    throughput_rounds: int = 2
     # The service's batching (its defaults), and the threads every system gets (0: each library's default).
     max_batch_size: int = 8
     max_batch_wait_ms: float = 5.0
@@ -62,7 +77,12 @@ class BenchConfig:
     gpu_engine: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
 
     def __post_init__(self) -> None:
-        if not self.checkpoint.is_file():
+        unknown = [name for name in self.sections if name not in SECTIONS]
+        if unknown or not self.sections:
+            raise BenchError(
+                f"--only {','.join(self.sections)}: no section {', '.join(unknown) or 'named'}; the sections are {', '.join(SECTIONS)}"
+            )
+        if {"systems", "export-speed"} & set(self.sections) and not self.checkpoint.is_file():
             raise BenchError(
                 f"--checkpoint {self.checkpoint}: no such file (train the default model with `make default-model`, or pass one)"
             )
@@ -74,6 +94,8 @@ class BenchConfig:
             raise BenchError(f"--clients should be positive numbers, got {self.plan.clients}")
         if self.plan.requests_per_level < 1:
             raise BenchError(f"--requests should be at least 1, got {self.plan.requests_per_level}")
+        if min(self.throughput_clients, self.throughput_requests_per_client, self.throughput_rounds, self.export_rounds) < 1:
+            raise BenchError("the service-throughput clients, requests and rounds and the export-speed rounds should be at least 1")
         if self.max_batch_size < 1 or self.threads < 0 or (self.naive_threads or 0) < 0 or self.image_count < 1:
             raise BenchError(
                 f"--max-batch-size ({self.max_batch_size}) and the image count ({self.image_count}) should be at least 1, --threads ({self.threads}) and --naive-threads at least 0"
@@ -84,5 +106,13 @@ class BenchConfig:
 
 
 def quick_overrides() -> dict[str, Any]:
-    """What --quick changes: fewer requests, images and raw runs (a check that everything works, not figures to publish)."""
-    return {"plan": QUICK_PLAN, "image_count": 8, "raw_images": 16, "out": REPO / "bench" / "results" / "quick"}
+    """What --quick changes: fewer requests, images, raw runs and rounds (a check that everything works, not figures to publish)."""
+    return {
+        "plan": QUICK_PLAN,
+        "image_count": 8,
+        "raw_images": 16,
+        "export_rounds": 2,
+        "throughput_requests_per_client": 4,
+        "throughput_rounds": 1,
+        "out": REPO / "bench" / "results" / "quick",
+    }

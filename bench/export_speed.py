@@ -1,97 +1,77 @@
-"""ONNX Runtime (CPU, 2 threads) vs torchvision eager, per image, at batch 1, 4 and 8, same canvas and weights.
+"""The export-speed section: the exported graph against the eager torchvision model it came from, per image.
 
-    python -m bench.export_speed [--checkpoint models/default/model.pt] [--package models/default/package]
-
-Both run alternately in one process, so that machine noise hits both alike;
-the figure is the median over rounds. Writes bench/results/export_speed.{json,md}.
+The graph runs in the engine the service builds (the raw engine), the eager model as the naive baseline loads it
+(same weights, canvas, thresholds and detection limit), both in this process on the same letterboxed canvases.
+At each batch size they run alternately, round by round, so that the machine's noise hits both alike; the
+figures are medians over the rounds. torch is imported here only, when the section runs.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
-import onnxruntime as ort
-import torch
 
-from bench.machine import describe
-from model_export.checkpoint import load_checkpoint
-from model_export.synth import generate_image
-from service.letterbox import letterbox
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench import compare, raw_engine
+from bench.config import BenchConfig, progress
+from bench.figures import ExportSpeedSection, Run, SpeedRow
+from bench.images import ImageSet
+from bench.systems import engine_env
+from service.manifest import ModelManifest
 
 
-def _canvases(canvas: tuple[int, int], count: int) -> np.ndarray:
-    return np.stack([letterbox(generate_image(seed=31337, index=i, empty_fraction=0.0)[0], canvas)[0] for i in range(count)])
+def _ms_per_image(run: Callable[[np.ndarray], None], batch: np.ndarray) -> float:
+    started = time.perf_counter()
+    run(batch)
+    return (time.perf_counter() - started) / len(batch) * 1000
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", type=Path, default=Path("models/default/model.pt"))
-    parser.add_argument("--package", type=Path, default=Path("models/default/package"))
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+def measure(config: BenchConfig, manifest: ModelManifest, images: ImageSet, device: str, run: Run) -> ExportSpeedSection:
+    import torch
 
-    torch.set_num_threads(args.threads)
-    loaded = load_checkpoint(args.checkpoint)
-    model = loaded.model.eval()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(str(args.package / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    thresholds = {"score_threshold": np.array(0.05, np.float32), "iou_threshold": np.array(0.5, np.float32)}
-    canvases = _canvases(loaded.canvas, 8)
+    from bench.naive_server import load_model
+
+    threads = config.threads if config.naive_threads is None else config.naive_threads
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch_device = torch.device("cuda" if device == "gpu" else "cpu")
+    model = load_model(config.checkpoint, manifest, torch_device).model
+    engine = raw_engine.build_engine(config.package, manifest, engine_env(config, device))
+    canvases = raw_engine.canvases(images.bodies, manifest.canvas)
 
     def eager(batch: np.ndarray) -> None:
         with torch.inference_mode():
-            model([torch.from_numpy(c).permute(2, 0, 1).float().div(255) for c in batch])
+            model([torch.from_numpy(canvas).permute(2, 0, 1).float().div(255).to(torch_device) for canvas in batch])
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize()  # the time of the work, not of queueing it
 
-    def onnx(batch: np.ndarray) -> None:
-        session.run(None, {"images": batch, **thresholds})
+    def graph(batch: np.ndarray) -> None:
+        engine.run(batch, manifest.score_threshold, manifest.iou_threshold)
 
     rows = []
-    for batch_size in (1, 4, 8):
-        batch = canvases[:batch_size]
-        eager(batch)  # warm-up
-        onnx(batch)
-        times: dict[str, list[float]] = {"eager": [], "onnxruntime": []}
-        for _ in range(args.rounds):
-            for name, run in (("eager", eager), ("onnxruntime", onnx)):
-                started = time.perf_counter()
-                run(batch)
-                times[name].append((time.perf_counter() - started) / batch_size * 1000)
-        eager_ms, onnx_ms = statistics.median(times["eager"]), statistics.median(times["onnxruntime"])
+    for size in [b for b in config.export_batches if b <= manifest.max_batch]:
+        batch = canvases[np.arange(size) % len(canvases)]
+        eager(batch)  # first runs at a new shape: allocations
+        graph(batch)
+        times: dict[str, list[float]] = {"eager": [], "graph": []}
+        for _ in range(config.export_rounds):
+            times["eager"].append(_ms_per_image(eager, batch))
+            times["graph"].append(_ms_per_image(graph, batch))
+        eager_ms, graph_ms = statistics.median(times["eager"]), statistics.median(times["graph"])
         rows.append(
-            {
-                "batch": batch_size,
-                "eager_ms_per_image": round(eager_ms, 2),
-                "onnxruntime_ms_per_image": round(onnx_ms, 2),
-                "ratio": round(onnx_ms / eager_ms, 3),
-            }
+            SpeedRow(
+                batch=size,
+                eager_ms_per_image=round(eager_ms, 2),
+                graph_ms_per_image=round(graph_ms, 2),
+                ratio=round(graph_ms / eager_ms, 3),
+            )
         )
-        print(rows[-1], flush=True)
-
-    result = {
-        "benchmark": "export_speed",
-        "canvas": list(loaded.canvas),
-        "threads": args.threads,
-        "rows": rows,
-        "machine": describe(),
-        "torch": torch.__version__,
-        "rounds": args.rounds,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "export_speed.json").write_text(json.dumps(result, indent=2))
-    table = ["| batch | eager ms/image | ONNX Runtime ms/image | ratio (goal <= 0.6) |", "|---|---|---|---|"]
-    table += [f"| {r['batch']} | {r['eager_ms_per_image']} | {r['onnxruntime_ms_per_image']} | {r['ratio']} |" for r in rows]
-    (RESULTS / "export_speed.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
-
-
-if __name__ == "__main__":
-    main()
+        progress(
+            f"[{device}] export-speed, batch {size}: eager {rows[-1].eager_ms_per_image}, graph {rows[-1].graph_ms_per_image} ms per image"
+        )
+    eager_info = {"engine": "torch eager", "torch": torch.__version__, "device": str(torch_device), "threads": torch.get_num_threads()}
+    section = ExportSpeedSection(run=run, engine=engine.describe(), eager=eager_info, rounds=config.export_rounds, rows=rows)
+    section.goals = compare.export_goals(section)
+    return section

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from service.engines.base import EngineInfo
+
 REJECTED_STATUSES = ("429", "503")  # the service's "queue full, retry later"
 
 
@@ -113,9 +115,22 @@ class Goal(BaseModel):
     met: bool | None  # None: not measured in this run
 
 
-class DeviceResult(BaseModel):
-    device: str  # cpu or gpu
-    engine: dict[str, Any]  # the raw engine's description (provider, threads)
+class Run(BaseModel):
+    """When, where and how a section was measured. A report merged from several runs keeps each section's own."""
+
+    started: str  # ISO 8601, UTC
+    seconds: float
+    quick: bool  # a check that everything works, too short for figures to publish
+    command: str
+    machine: dict[str, Any]
+    config: dict[str, Any]  # the run's options and its images
+
+
+class SystemsSection(BaseModel):
+    """The raw engine at fixed batch sizes, and each server under load at every client count."""
+
+    run: Run
+    engine: EngineInfo  # the raw engine's
     service_max_batch: int  # the service's largest batch with batching on: the raw engine batch size it is held against
     raw_engine: list[RawResult]
     systems: list[SystemResult]
@@ -129,12 +144,85 @@ class DeviceResult(BaseModel):
         return next((raw for raw in self.raw_engine if raw.batch == batch), None)
 
 
+class SpeedRow(BaseModel):
+    """Milliseconds per image at one batch size: medians over the rounds."""
+
+    batch: int
+    eager_ms_per_image: float
+    graph_ms_per_image: float
+    ratio: float  # graph / eager
+
+
+class ExportSpeedSection(BaseModel):
+    """The exported graph (the raw engine) against the eager torchvision model it came from, in one process, on the
+    same canvases, alternating batch by batch so that the machine's noise hits both alike."""
+
+    run: Run
+    engine: EngineInfo
+    eager: dict[str, Any]  # torch's version, device and threads
+    rounds: int
+    rows: list[SpeedRow]
+    goals: list[Goal] = []
+
+
+class ThroughputRound(BaseModel):
+    raw_images_per_s: float  # the raw engine behind the service's batcher, no HTTP
+    service: LoadResult
+
+
+class ServiceThroughputSection(BaseModel):
+    """The service over HTTP against the same engine behind the same batcher without HTTP, at one client count,
+    in alternating rounds."""
+
+    run: Run
+    engine: EngineInfo
+    clients: int
+    requests_per_client: int
+    policy: dict[str, int | float]  # the batcher's max_batch_size, max_batch_wait_ms and max_queue, in both
+    rounds: list[ThroughputRound] = []
+    raw_images_per_s: float | None = None  # medians over the rounds
+    service_images_per_s: float | None = None
+    ratio: float | None = None  # service / raw
+    batch_sizes: BatchSizes | None = None  # the service's graph runs over the measured rounds
+    error: str | None = None  # why it could not be measured
+    goals: list[Goal] = []
+
+
+DEVICE_ORDER = ["cpu", "gpu"]
+# --only's names -> DeviceResult's fields, in the order they run and are reported.
+SECTIONS = {"systems": "systems", "service-throughput": "service_throughput", "export-speed": "export_speed"}
+
+
+class DeviceResult(BaseModel):
+    """One device's sections; those not measured are None."""
+
+    device: str  # cpu or gpu
+    systems: SystemsSection | None = None
+    service_throughput: ServiceThroughputSection | None = None
+    export_speed: ExportSpeedSection | None = None
+
+    def sections(self) -> dict[str, SystemsSection | ExportSpeedSection | ServiceThroughputSection]:
+        """The measured sections by option name."""
+        found = {option: getattr(self, name) for option, name in SECTIONS.items()}
+        return {option: section for option, section in found.items() if section is not None}
+
+
 class BenchResult(BaseModel):
     benchmark: str = "bench"
-    quick: bool
-    started: str  # ISO 8601, UTC
-    seconds: float
-    machine: dict[str, Any]
     model: dict[str, Any]
-    config: dict[str, Any]
     devices: list[DeviceResult]
+
+    def runs(self) -> list[Run]:
+        """Every run that measured a section of this report, oldest first."""
+        runs = {section.run.started: section.run for device in self.devices for section in device.sections().values()}
+        return [runs[started] for started in sorted(runs)]
+
+    def merged_over(self, older: BenchResult) -> BenchResult:
+        """This report, with the devices and sections it did not measure taken from ``older`` (on the same model)."""
+        if older.model != self.model:
+            raise ValueError(f"the reports are of different models: {older.model} and {self.model}")
+        devices = {device.device: device for device in older.devices}
+        for device in self.devices:
+            kept = devices.get(device.device, DeviceResult(device=device.device))
+            devices[device.device] = kept.model_copy(update={SECTIONS[option]: section for option, section in device.sections().items()})
+        return self.model_copy(update={"devices": [devices[name] for name in sorted(devices, key=DEVICE_ORDER.index)]})

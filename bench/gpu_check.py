@@ -22,18 +22,17 @@ from typing import Any
 
 import numpy as np
 
+from bench import report, runner
+from bench.config import BenchConfig
+from bench.figures import ServiceThroughputSection
 from bench.images import write_images
-from bench.load import LoadError, run_load_process
 from bench.machine import describe
 from bench.raw_engine import build_engine, canvases, measure
-from bench.servers import ServerError, ServerProcess
-from bench.service_throughput import raw_engine, service_spec
-from service.batcher import BatchPolicy
+from bench.servers import REPO
 from service.engines import Engine
 from service.gpu import gpu_names, gpu_problem
 from service.manifest import read_manifest
 
-REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "gpu"
 BATCHES = (1, 8)
 SERVICE_CLIENTS = 16
@@ -81,7 +80,7 @@ def measure_configuration(package: Path, name: str, seconds: float) -> dict[str,
     engine = build_engine(package, manifest, config.env)
     thresholds = (manifest.score_threshold, manifest.iou_threshold)
     rows = [timed_runs(engine, images, batch, seconds, thresholds) for batch in BATCHES if batch <= engine.max_batch]
-    return {"name": name, "label": config.label, "status": "measured", "engine": engine.describe(), "rows": rows}
+    return {"name": name, "label": config.label, "status": "measured", "engine": engine.describe().model_dump(mode="json"), "rows": rows}
 
 
 def run_configuration(package: Path, config: Configuration, seconds: float) -> dict[str, Any]:
@@ -112,31 +111,23 @@ def run_configuration(package: Path, config: Configuration, seconds: float) -> d
     return result | {"wall_s": round(time.monotonic() - started, 1)}
 
 
-def service_against_raw(package: Path, requests_per_client: int) -> dict[str, Any]:
-    """The service over HTTP at 16 clients, and the same TensorRT engine behind the same batcher without HTTP."""
-    manifest = read_manifest(package)
-    policy = BatchPolicy(8, 5.0, max_queue=4 * SERVICE_CLIENTS)
-    env = {
-        "DETECTOR_ENGINE": "tensorrt",
-        "DETECTOR_MAX_BATCH_SIZE": "8",
-        "DETECTOR_MAX_BATCH_WAIT_MS": "5",
-        "DETECTOR_MAX_QUEUE": str(policy.max_queue),
-    }
-    with tempfile.TemporaryDirectory() as scratch:
-        images = write_images(Path(scratch), IMAGE_COUNT)
-        engine = build_engine(package, manifest, env)
-        letterboxed = list(canvases(images.bodies, manifest.canvas))
-        raw_engine(engine, letterboxed, policy, SERVICE_CLIENTS, 2)  # type: ignore[arg-type]  # warm-up; any Engine runs there
-        raw = raw_engine(engine, letterboxed, policy, SERVICE_CLIENTS, requests_per_client)  # type: ignore[arg-type]
-        del engine  # its GPU memory goes before the service takes its own
-        try:
-            with ServerProcess(service_spec(package, env)) as server:
-                run_load_process(server.url, images.directory, SERVICE_CLIENTS, 2, 60.0, 0.0)
-                served = run_load_process(server.url, images.directory, SERVICE_CLIENTS, requests_per_client, 60.0, 10.0).model_dump()
-        except (ServerError, LoadError) as error:
-            return {"clients": SERVICE_CLIENTS, "raw_engine": raw, "error": str(error)}
-    ratio = round(served["images_per_s"] / raw["images_per_s"], 3) if raw["images_per_s"] else None
-    return {"clients": SERVICE_CLIENTS, "requests_per_client": requests_per_client, "raw_engine": raw, "service": served, "ratio": ratio}
+def service_against_raw(package: Path, requests_per_client: int) -> ServiceThroughputSection:
+    """The service over HTTP at 16 clients, and the package's TensorRT engine behind the same batcher without HTTP:
+    ``python -m bench``'s service-throughput section, one round."""
+    config = BenchConfig(
+        package=package,
+        devices=("gpu",),
+        sections=("service-throughput",),
+        gpu_engine="tensorrt",
+        image_count=IMAGE_COUNT,
+        throughput_clients=SERVICE_CLIENTS,
+        throughput_requests_per_client=requests_per_client,
+        throughput_rounds=1,
+    )
+    section = runner.run(config, "python -m bench.gpu_check bench").devices[0].service_throughput
+    if section is None:
+        raise RuntimeError("the service-throughput section was not measured")
+    return section
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -149,19 +140,9 @@ def markdown(result: dict[str, Any]) -> str:
         for row in config.get("rows", []):
             latency = row["batch_latency_ms"]
             lines.append(f"| {config['label']} | {row['batch']} | {row['images_per_s']} | {latency['p50']} | {latency['p99']} |")
-    service = result["service"]
-    lines += ["", f"## The service at {service['clients']} clients against the raw engine (TensorRT engine, same batcher)", ""]
-    lines += [
-        "| system | images/s | p50 ms | p99 ms |",
-        "|---|---|---|---|",
-        f"| raw engine (batcher, no HTTP) | {service['raw_engine']['images_per_s']} | | |",
-    ]
-    if "service" in service:
-        latency = service["service"]["latency_ms"] or {}
-        lines.append(f"| service over HTTP | {service['service']['images_per_s']} | {latency.get('p50')} | {latency.get('p99')} |")
-        lines.append(f"| ratio | {service['ratio']} | | |")
-    else:
-        lines.append(f"| service over HTTP | not measured: {service['error'][:300]} | | |")
+    service = ServiceThroughputSection.model_validate(result["service"])
+    lines += ["", f"## The service at {service.clients} clients against the raw engine (TensorRT engine, same batcher)", ""]
+    lines += report.throughput_section(service)
     lines += [
         "",
         f"Steps: {'; '.join(result['steps'])}." if result["steps"] else "",
@@ -177,16 +158,16 @@ def run_bench(args: argparse.Namespace) -> int:
         raw.append(run_configuration(package, config, args.seconds))
         print(f"{config.label}: {raw[-1]['status']} {[r['images_per_s'] for r in raw[-1].get('rows', [])]}", file=sys.stderr, flush=True)
     service = service_against_raw(package, args.requests)
-    print(f"service at {SERVICE_CLIENTS} clients: {service.get('service', {}).get('images_per_s')} images/s", file=sys.stderr, flush=True)
+    print(f"service at {SERVICE_CLIENTS} clients: {service.service_images_per_s} images/s", file=sys.stderr, flush=True)
     steps = args.steps.read_text().strip().splitlines() if args.steps and args.steps.is_file() else []
     result = {"benchmark": "gpu_check", "gpus": gpu_names(), "machine": describe(), "seconds_per_configuration": args.seconds}
-    result |= {"raw": raw, "service": service, "steps": steps}
+    result |= {"raw": raw, "service": service.model_dump(mode="json"), "steps": steps}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "gpu_check.md").write_text(markdown(result))
     print(markdown(result))
     measured = [config for config in raw if config["status"] == "measured"]
-    return 0 if any(config["name"] == "tensorrt" for config in measured) and "service" in service else 1
+    return 0 if any(config["name"] == "tensorrt" for config in measured) and service.error is None else 1
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""PNG plots per device: throughput vs clients and p99 latency vs clients, one line per system."""
+"""PNG plots of the systems section, per device: throughput vs clients and p99 latency vs clients, one line per system."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from bench.figures import DeviceResult, LoadResult
+from bench.figures import LoadResult, SystemsSection
 
 STYLE = {"service_batching": "o-", "service_unbatched": "s-", "naive": "^-"}
 
 
-def _series(device: DeviceResult, name: str, figure: str) -> tuple[list[int], list[float]]:
+def _series(device: SystemsSection, name: str, figure: str) -> tuple[list[int], list[float]]:
     system = device.system(name)
     loads: list[LoadResult] = [level.load for level in system.levels] if system else []
     if figure == "throughput":
@@ -25,14 +25,14 @@ def _series(device: DeviceResult, name: str, figure: str) -> tuple[list[int], li
     return [c for c, _ in points], [p for _, p in points]
 
 
-def _draw_raw_engine(axes: Axes, device: DeviceResult) -> None:
+def _draw_raw_engine(axes: Axes, device: SystemsSection) -> None:
     """The ceilings the services are held against: the raw engine at batch 1 and at the service's max batch."""
     for raw, style in ((device.raw(1), ":"), (device.raw(device.service_max_batch), "--")):
         if raw is not None:
             axes.axhline(raw.images_per_s, linestyle=style, linewidth=1, color="grey", label=f"raw engine, batch {raw.batch} (no HTTP)")
 
 
-def _mark_incomplete(axes: Axes, device: DeviceResult, figure: str) -> None:
+def _mark_incomplete(axes: Axes, device: SystemsSection, figure: str) -> None:
     """Levels cut short by their time limit carry a note: fewer requests than planned."""
     for system in device.systems:
         for level in system.levels:
@@ -42,7 +42,7 @@ def _mark_incomplete(axes: Axes, device: DeviceResult, figure: str) -> None:
                 axes.annotate("time limit", (load.clients, value), textcoords="offset points", xytext=(4, 4), fontsize=7, color="red")
 
 
-def _draw(axes: Axes, device: DeviceResult, figure: str) -> None:
+def _draw(axes: Axes, device: SystemsSection, figure: str) -> None:
     clients: set[int] = set()
     for system in device.systems:
         xs, values = _series(device, system.name, figure)
@@ -63,15 +63,15 @@ def _draw(axes: Axes, device: DeviceResult, figure: str) -> None:
     axes.legend(fontsize=8)
 
 
-def plot_device(device: DeviceResult, out: Path, quick: bool = False, prefix: str = "bench") -> list[Path]:
-    """Writes <prefix>-<device>-throughput.png and <prefix>-<device>-p99.png into ``out``; returns their paths."""
+def plot_device(name: str, device: SystemsSection, out: Path, prefix: str = "bench") -> list[Path]:
+    """Writes <prefix>-<name>-throughput.png and <prefix>-<name>-p99.png into ``out``; returns their paths."""
     titles = {"throughput": "Throughput vs concurrent clients", "p99": "p99 latency vs concurrent clients"}
     written = []
     for figure, title in titles.items():
         fig, axes = plt.subplots(figsize=(7, 4.5))
         _draw(axes, device, figure)
-        axes.set_title(f"{title} ({device.device.upper()}{', quick run' if quick else ''})")
-        path = out / f"{prefix}-{device.device}-{figure}.png"
+        axes.set_title(f"{title} ({name.upper()}{', quick run' if device.run.quick else ''})")
+        path = out / f"{prefix}-{name}-{figure}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)

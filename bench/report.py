@@ -1,11 +1,25 @@
-"""The Markdown report: per device, the figures, the ratios, the batch sizes and the goals."""
+"""The Markdown report: the runs that measured it, then per device each section's figures and goals."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from bench.compare import raw_name
-from bench.figures import BenchResult, DeviceResult, Latency, Level, Ratio, RawResult, SystemResult
+from bench.figures import (
+    BenchResult,
+    DeviceResult,
+    ExportSpeedSection,
+    Goal,
+    Latency,
+    Level,
+    Ratio,
+    RawResult,
+    Run,
+    ServiceThroughputSection,
+    SystemResult,
+    SystemsSection,
+)
+from service.engines.base import EngineInfo
 
 DASH = "–"
 BUSY_LOAD_PER_CORE = 0.5
@@ -21,6 +35,10 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
 
 def _latency(latency: Latency | None) -> list[object]:
     return [latency.p50, latency.p90, latency.p99, latency.max] if latency else [None] * 4
+
+
+def _p50_p99(latency: Latency | None) -> list[object]:
+    return [latency.p50, latency.p99] if latency else [None, None]
 
 
 def _raw_row(raw: RawResult) -> list[object]:
@@ -56,7 +74,7 @@ def _level_row(system: SystemResult, level: Level) -> list[object]:
     ]
 
 
-def figures_table(device: DeviceResult) -> list[str]:
+def figures_table(device: SystemsSection) -> list[str]:
     header = [
         "system",
         "clients",
@@ -85,7 +103,7 @@ def _ratio_cell(ratio: Ratio | None) -> str | None:
     return f"{ratio.throughput:.2f}x" + (f" (p99 {ratio.p99:.2f}x)" if ratio.p99 is not None else "")
 
 
-def _ratio_columns(device: DeviceResult) -> list[tuple[str, str, str]]:
+def _ratio_columns(device: SystemsSection) -> list[tuple[str, str, str]]:
     """(numerator, denominator, header) of each column."""
     batch = device.service_max_batch
     return [
@@ -97,7 +115,7 @@ def _ratio_columns(device: DeviceResult) -> list[tuple[str, str, str]]:
     ]
 
 
-def ratios_table(device: DeviceResult) -> list[str]:
+def ratios_table(device: SystemsSection) -> list[str]:
     columns = _ratio_columns(device)
     ratios = {(r.clients, r.numerator, r.denominator): r for r in device.ratios}
     rows: list[list[object]] = [
@@ -106,7 +124,7 @@ def ratios_table(device: DeviceResult) -> list[str]:
     return _table(["clients", *(h for _, _, h in columns)], rows)
 
 
-def batch_table(device: DeviceResult) -> list[str]:
+def batch_table(device: SystemsSection) -> list[str]:
     system = device.system("service_batching")
     rows: list[list[object]] = [
         [level.load.clients, b.batches, b.mean, ", ".join(f"{size}: {count}" for size, count in b.counts.items())]
@@ -116,72 +134,145 @@ def batch_table(device: DeviceResult) -> list[str]:
     return _table(["clients", "graph runs", "mean batch", "batches by size"], rows)
 
 
-def goals_table(device: DeviceResult) -> list[str]:
+def goals_table(goals: list[Goal]) -> list[str]:
     verdict = {True: "yes", False: "**no**", None: "not measured"}
-    return _table(["goal", "measured", "met"], [[g.goal, g.measured, verdict[g.met]] for g in device.goals])
+    return _table(["goal", "measured", "met"], [[g.goal, g.measured, verdict[g.met]] for g in goals])
 
 
 def _threads(count: object) -> str:
     return "the library's default threads" if count in (0, None) else f"{count} threads"
 
 
-def system_lines(device: DeviceResult) -> list[str]:
+def engine_text(engine: EngineInfo) -> str:
+    """``onnxruntime 1.31.1, CPUExecutionProvider (cpu, fp32), 2 threads``."""
+    threads = f", {_threads(engine.details['intra_op_threads'])}" if "intra_op_threads" in engine.details else ""
+    return f"{engine.engine} {engine.version}, {engine.provider} ({engine.device}, {engine.precision}){threads}"
+
+
+def system_lines(device: SystemsSection) -> list[str]:
     """What each system ran on, as the servers themselves reported it."""
-    engine = device.engine
-    lines = [f"- raw engine: {engine.get('engine')}, {engine.get('provider')}, {_threads(engine.get('intra_op_threads'))}"]
+    lines = [f"- raw engine: {engine_text(device.engine)}"]
     for system in device.systems:
         runtime = system.runtime.get("runtime", system.runtime)  # the service nests it; the naive server does not
         if "max_batch_size" in runtime:
             batching = (
                 f"max batch {runtime['max_batch_size']}, wait {runtime.get('max_batch_wait_ms')} ms, queue {runtime.get('max_queue')}"
             )
-            lines.append(f"- {system.label}: {runtime.get('provider')}, {_threads(runtime.get('intra_op_threads'))}, {batching}")
-        else:
+            lines.append(f"- {system.label}: {engine_text(EngineInfo.model_validate(runtime))}, {batching}")
+        elif runtime:
             lines.append(
                 f"- {system.label}: {runtime.get('engine')} (torch {runtime.get('torch')}) on {runtime.get('device')}, {runtime.get('threads')} threads"
             )
     return lines
 
 
-def device_section(device: DeviceResult, plots: list[str]) -> list[str]:
-    lines = [f"## {device.device.upper()}", "", *system_lines(device), ""]
+def systems_section(section: SystemsSection, plots: list[str]) -> list[str]:
+    lines = [*system_lines(section), ""]
     lines += [
         "Throughput is images/s answered 200; latency percentiles are of those requests (for the raw engine, of one graph run).",
         "Errors count every other answer and transport errors; rejected counts 429 and 503 (queue full).",
-        "A level that hits its time limit sends nothing new; requests still unanswered at its deadline are abandoned.",
+        "Each request goes on a new connection. A level that hits its time limit sends nothing new; requests still",
+        "unanswered at its deadline are abandoned.",
         "",
     ]
-    lines += [*figures_table(device), "", "Ratios of throughput (and of p99 latency: below 1 is better), pair by pair:", ""]
-    lines += [*ratios_table(device), "", "Batch sizes (service, batching on), from `/metrics`:", ""]
-    lines += [*batch_table(device), "", "Goals:", "", *goals_table(device), ""]
+    lines += [*figures_table(section), "", "Ratios of throughput (and of p99 latency: below 1 is better), pair by pair:", ""]
+    lines += [*ratios_table(section), "", "Batch sizes (service, batching on), from `/metrics`:", ""]
+    lines += [*batch_table(section), "", "Goals:", "", *goals_table(section.goals), ""]
     return lines + [f"![{name}]({name})" for name in plots] + [""]
 
 
-def header(result: BenchResult) -> list[str]:
-    m, model, images = result.machine, result.model, result.config.get("images", {})
-    lines = ["# Benchmark: the service vs the raw engine vs a naive eager server", ""]
-    if result.quick:
-        lines += ["**A --quick run: a check that everything works, too short for figures to publish.**", ""]
+def throughput_section(section: ServiceThroughputSection) -> list[str]:
+    policy = section.policy
+    lines = [
+        f"The service over HTTP at {section.clients} clients against the same engine behind the same batcher in the benchmark's "
+        f"process (no HTTP, canvases ready), {section.requests_per_client} requests per client, in alternating rounds; "
+        f"medians over the rounds. Both: {engine_text(section.engine)}; max batch {policy['max_batch_size']}, "
+        f"wait {policy['max_batch_wait_ms']} ms, queue {policy['max_queue']}.",
+        "",
+    ]
+    if section.error:
+        lines += [f"Not measured: {section.error[:300]}", ""]
+    header = ["round", "raw engine behind the batcher, images/s", "service over HTTP, images/s", "p50 ms", "p99 ms", "errors", "rejected"]
+    rows: list[list[object]] = [
+        [index, r.raw_images_per_s, load.images_per_s, *(_p50_p99(load.latency_ms)), load.errors, load.rejected]
+        for index, r in enumerate(section.rounds, 1)
+        for load in [r.service]
+    ]
+    rows.append(["median", section.raw_images_per_s, section.service_images_per_s, None, None, None, None])
+    lines += [*_table(header, rows), ""]
+    if section.batch_sizes is not None:
+        sizes = section.batch_sizes
+        counts = ", ".join(f"{size}: {count}" for size, count in sizes.counts.items())
+        lines += [f"The service's graph runs over the rounds (`/metrics`): {sizes.batches}, mean batch {sizes.mean} ({counts}).", ""]
+    return [*lines, "Goals:", "", *goals_table(section.goals), ""]
+
+
+def export_section(section: ExportSpeedSection) -> list[str]:
+    eager = section.eager
+    lines = [
+        f"Time per image of the exported graph ({engine_text(section.engine)}) and of the eager model it came from "
+        f"({eager.get('engine')}, torch {eager.get('torch')} on {eager.get('device')}, {eager.get('threads')} threads), "
+        f"alternating on the same canvases in one process; medians of {section.rounds} rounds.",
+        "",
+    ]
+    rows: list[list[object]] = [[r.batch, r.eager_ms_per_image, r.graph_ms_per_image, r.ratio] for r in section.rows]
+    lines += [*_table(["batch", "eager ms/image", "exported graph ms/image", "graph / eager"], rows), ""]
+    return [*lines, "Goals:", "", *goals_table(section.goals), ""]
+
+
+TITLES = {"systems": "Systems", "service-throughput": "Service throughput", "export-speed": "Export speed"}
+
+
+def device_section(device: DeviceResult, plots: list[str], run_numbers: dict[str, int]) -> list[str]:
+    lines = [f"## {device.device.upper()}", ""]
+    for option, section in device.sections().items():
+        run = f", run {run_numbers[section.run.started]}" if len(run_numbers) > 1 else ""
+        lines += [f"### {TITLES[option]} (`--only {option}`{run})", ""]
+        if isinstance(section, SystemsSection):
+            lines += systems_section(section, plots)
+        elif isinstance(section, ServiceThroughputSection):
+            lines += throughput_section(section)
+        else:
+            lines += export_section(section)
+    return lines
+
+
+def run_lines(result: BenchResult, run: Run, name: str) -> list[str]:
+    """When and how a run was made, on what machine, and which sections of the report it measured."""
+    m, images = run.machine, run.config.get("images", {})
+    measured = [f"{d.device} {option}" for d in result.devices for option, s in d.sections().items() if s.run.started == run.started]
+    lines = [f"- {name}: {run.started}, {run.seconds} s, `{run.command}`; measured {', '.join(measured)}"]
+    if run.quick:
+        lines += ["  - **A --quick run: a check that everything works, too short for figures to publish.**"]
     load, cores = (m.get("load_average") or [0.0])[0], m.get("cores") or 1
     if load >= BUSY_LOAD_PER_CORE * cores:
         lines += [
-            f"**The machine was not idle when the run began (load average {load} on {cores} cores): other work skews these figures.**",
-            "",
+            f"  - **The machine was not idle when the run began (load average {load} on {cores} cores): other work skews these figures.**"
         ]
     lines += [
-        f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB; GPU: {m.get('gpu') or 'none'}; {m.get('platform')}",
-        f"- Software: Python {m.get('python')}, ONNX Runtime {m.get('onnxruntime')} ({', '.join(m.get('providers', []))}), NumPy {m.get('numpy')}, "
+        f"  - Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB; GPU: {m.get('gpu') or 'none'}; {m.get('platform')}",
+        f"  - Software: Python {m.get('python')}, ONNX Runtime {m.get('onnxruntime')} ({', '.join(m.get('providers', []))}), NumPy {m.get('numpy')}, "
         + ", ".join(f"{name} {version}" for name, version in m.get("versions", {}).items()),
-        f"- Model: {model.get('name')} v{model.get('version')} ({model.get('arch')}), canvas {model.get('canvas')}, max batch {model.get('max_batch')}",
-        f"- Images: {images.get('count')} JPEGs, {images.get('megapixels_min_mean_max')} megapixels (min, mean, max), {images.get('without_objects')} without objects",
-        f"- Run: {result.started}, {result.seconds} s; `python -m bench{' --quick' if result.quick else ''}`",
-        "",
+        f"  - Images: {images.get('count')} JPEGs, {images.get('megapixels_min_mean_max')} megapixels (min, mean, max), {images.get('without_objects')} without objects",
     ]
     return lines
 
 
+def header(result: BenchResult, run_numbers: dict[str, int]) -> list[str]:
+    model = result.model
+    lines = ["# Benchmark: the service vs the raw engine vs a naive eager server", ""]
+    lines += [
+        f"- Model: {model.get('name')} v{model.get('version')} ({model.get('arch')}), canvas {model.get('canvas')}, max batch {model.get('max_batch')}"
+    ]
+    for run in result.runs():
+        lines += run_lines(result, run, f"Run {run_numbers[run.started]}" if len(run_numbers) > 1 else "Run")
+    return [*lines, ""]
+
+
 def markdown(result: BenchResult, plots: dict[str, list[str]]) -> str:
-    lines = header(result)
+    """The report; a section measured by another run than the rest names its run."""
+    run_numbers = {run.started: number for number, run in enumerate(result.runs(), 1)}
+    lines = header(result, run_numbers)
     for device in result.devices:
-        lines += device_section(device, plots.get(device.device, []))
+        lines += device_section(device, plots.get(device.device, []), run_numbers)
     return "\n".join(lines)

@@ -1,46 +1,49 @@
-"""The service at C concurrent clients vs the raw engine with the same batch policy and no HTTP.
+"""The service-throughput section: the service at C concurrent clients against the raw engine behind the same batcher.
 
-    python -m bench.service_throughput [--package models/default/package] [--clients 16] [--requests 20]
-
-The raw figure runs the same DynamicBatcher and ONNX Runtime engine in this
-process, fed pre-letterboxed canvases by C concurrent submitters. The service
-figure is real HTTP from a load generator in another process. The two run
-alternately, twice each; medians are reported. Writes bench/results/service_throughput.{json,md}.
+The raw figure runs the service's own DynamicBatcher and engine in this process, fed ready canvases by C
+concurrent submitters, with the service's batch policy and thresholds: what the service could at best answer.
+The service figure is real HTTP from the load generator in another process. The two run alternately, round by
+round, so that the machine's noise hits both alike; the medians are reported.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import statistics
-import tempfile
 import time
-from pathlib import Path
+from collections.abc import Sequence
 
-from bench.images import write_images
-from bench.load import run_load_process
-from bench.machine import describe
-from bench.raw_engine import canvases as letterboxed
-from bench.servers import ServerProcess, ServerSpec
+import numpy as np
+
+from bench import compare, raw_engine
+from bench.config import BenchConfig, progress
+from bench.figures import Run, ServiceThroughputSection, ThroughputRound
+from bench.images import ImageSet
+from bench.load import LoadError, run_load_process
+from bench.scrape import batch_sizes
+from bench.servers import ServerError, ServerProcess, service_spec
+from bench.systems import effective_batch, engine_env, service_env
 from service.batcher import BatchPolicy, DynamicBatcher
-from service.engines.onnxruntime import OnnxRuntimeEngine
-from service.manifest import read_manifest
+from service.engines import Engine
+from service.manifest import ModelManifest
 from service.metrics import Metrics
 
-RESULTS = Path(__file__).resolve().parent / "results"
-REPO = Path(__file__).resolve().parent.parent
-TIME_LIMIT_S = 600.0
+TIME_LIMIT_S = 600.0  # a safety net only: a round takes seconds
+WARM_UP_REQUESTS = 2  # per client, before the rounds, for each side
 
 
-def raw_engine(engine: OnnxRuntimeEngine, canvases: list, policy: BatchPolicy, clients: int, per_client: int) -> dict:
+def batcher_throughput(
+    engine: Engine, canvases: Sequence[np.ndarray], policy: BatchPolicy, clients: int, per_client: int, thresholds: tuple[float, float]
+) -> float:
+    """Images/s of ``clients`` concurrent submitters, each submitting ``per_client`` canvases one after another."""
+
     async def scenario() -> float:
         batcher = DynamicBatcher(engine, policy, Metrics())
         batcher.start()
 
         async def client(index: int) -> None:
             for n in range(per_client):
-                await batcher.submit(canvases[(index * per_client + n) % len(canvases)], 0.5, 0.5, 120.0)
+                await batcher.submit(canvases[(index + n * clients) % len(canvases)], *thresholds, TIME_LIMIT_S)
 
         started = time.perf_counter()
         await asyncio.gather(*(client(i) for i in range(clients)))
@@ -48,79 +51,43 @@ def raw_engine(engine: OnnxRuntimeEngine, canvases: list, policy: BatchPolicy, c
         await batcher.drain_and_stop()
         return elapsed
 
-    elapsed = asyncio.run(scenario())
-    return {"images_per_s": round(clients * per_client / elapsed, 2), "seconds": round(elapsed, 3)}
+    return round(clients * per_client / asyncio.run(scenario()), 2)
 
 
-def service_spec(package: Path, env: dict[str, str]) -> ServerSpec:
-    environment = {"DETECTOR_MODEL_DIR": str(package), "DETECTOR_HOST": "127.0.0.1", "DETECTOR_LOG_LEVEL": "warning", **env}
-    return ServerSpec(name="service", label="service", module="service", env=environment, metrics_path="/metrics", port_env="DETECTOR_PORT")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--package", type=Path, default=REPO / "models" / "default" / "package")
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=20, help="per client")
-    parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--max-batch-wait-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
-
-    manifest = read_manifest(args.package)
-    policy = BatchPolicy(args.max_batch_size, args.max_batch_wait_ms, max_queue=4 * args.clients)
-    env = {
-        "DETECTOR_MAX_BATCH_SIZE": str(args.max_batch_size),
-        "DETECTOR_MAX_BATCH_WAIT_MS": str(args.max_batch_wait_ms),
-        "DETECTOR_INTRA_OP_THREADS": str(args.threads),
-        "DETECTOR_MAX_QUEUE": str(policy.max_queue),
-    }
-    with tempfile.TemporaryDirectory() as scratch:
-        images_dir = Path(scratch)
-        images = write_images(images_dir, 24)
-        canvases = list(letterboxed(images.bodies, manifest.canvas))
-        engine = OnnxRuntimeEngine(args.package, manifest, intra_op_threads=args.threads)
-        raw_engine(engine, canvases, policy, args.clients, 2)  # warm-up
-        with ServerProcess(service_spec(args.package, env)) as service:
-            run_load_process(service.url, images_dir, args.clients, 2, TIME_LIMIT_S, 0.0)  # warm-up
-            raw_runs, service_runs = [], []
-            for _ in range(args.rounds):
-                raw_runs.append(raw_engine(engine, canvases, policy, args.clients, args.requests))
-                service_runs.append(run_load_process(service.url, images_dir, args.clients, args.requests, TIME_LIMIT_S, 0.0).model_dump())
-                print(raw_runs[-1], service_runs[-1], flush=True)
-            metrics = service.metrics() or ""
-    # The median of an even count is a mean: rounded again so the table shows two decimals.
-    raw = round(statistics.median(r["images_per_s"] for r in raw_runs), 2)
-    served = round(statistics.median(r["images_per_s"] for r in service_runs), 2)
-    batch_lines = [line for line in metrics.splitlines() if line.startswith("detector_batch_size_")]
-    result = {
-        "benchmark": "service_throughput",
-        "clients": args.clients,
-        "requests_per_client": args.requests,
-        "policy": vars(policy),
-        "threads": args.threads,
-        "raw_engine_images_per_s": raw,
-        "service_images_per_s": served,
-        "ratio": round(served / raw, 3),
-        "raw_runs": raw_runs,
-        "service_runs": service_runs,
-        "batch_size_histogram": batch_lines,
-        "machine": describe(),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "service_throughput.json").write_text(json.dumps(result, indent=2))
-    last = service_runs[-1]["latency_ms"]
-    table = [
-        "| system | images/s | p50 ms | p99 ms |",
-        "|---|---|---|---|",
-        f"| raw engine (batcher, no HTTP) | {raw} | | |",
-        f"| service over HTTP | {served} | {last['p50']} | {last['p99']} |",
-        f"| ratio (goal >= 0.85) | {result['ratio']} | | |",
-    ]
-    (RESULTS / "service_throughput.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
-
-
-if __name__ == "__main__":
-    main()
+def measure(config: BenchConfig, manifest: ModelManifest, images: ImageSet, device: str, run: Run) -> ServiceThroughputSection:
+    clients, per_client = config.throughput_clients, config.throughput_requests_per_client
+    policy = BatchPolicy(effective_batch(config, manifest), config.max_batch_wait_ms, max_queue=max(config.max_queue, 4 * clients))
+    engine = raw_engine.build_engine(config.package, manifest, engine_env(config, device))
+    canvases = list(raw_engine.canvases(images.bodies, manifest.canvas))
+    thresholds = (manifest.score_threshold, manifest.iou_threshold)
+    section = ServiceThroughputSection(
+        run=run,
+        engine=engine.describe(),
+        clients=clients,
+        requests_per_client=per_client,
+        policy={"max_batch_size": policy.max_batch_size, "max_batch_wait_ms": policy.max_batch_wait_ms, "max_queue": policy.max_queue},
+        rounds=[],
+    )
+    spec = service_spec(service_env(config, device, policy.max_batch_size, policy.max_queue))
+    try:
+        batcher_throughput(engine, canvases, policy, clients, WARM_UP_REQUESTS, thresholds)
+        with ServerProcess(spec) as server:
+            run_load_process(server.port, images.directory, clients, WARM_UP_REQUESTS, TIME_LIMIT_S, 0.0)
+            before = server.metrics()
+            for _ in range(config.throughput_rounds):
+                raw = batcher_throughput(engine, canvases, policy, clients, per_client, thresholds)
+                served = run_load_process(server.port, images.directory, clients, per_client, TIME_LIMIT_S, 0.0)
+                section.rounds.append(ThroughputRound(raw_images_per_s=raw, service=served))
+                progress(f"[{device}] service-throughput at {clients} clients: raw engine {raw}, service {served.images_per_s} images/s")
+            after = server.metrics()
+    except (ServerError, LoadError) as error:
+        section.error = str(error)
+        progress(f"[{device}] service-throughput: not measured: {error}")
+    else:
+        section.batch_sizes = batch_sizes(before, after) if before is not None and after is not None else None
+        # The median of an even count is a mean: rounded again to two decimals.
+        section.raw_images_per_s = round(statistics.median(r.raw_images_per_s for r in section.rounds), 2)
+        section.service_images_per_s = round(statistics.median(r.service.images_per_s for r in section.rounds), 2)
+        section.ratio = round(section.service_images_per_s / section.raw_images_per_s, 3) if section.raw_images_per_s else None
+    section.goals = compare.throughput_goals(section)
+    return section

@@ -68,6 +68,35 @@ class ParityFigures(BaseModel):
     score_threshold: float
 
 
+GraphPrecision = Literal["fp32", "int8"]
+
+
+class AccuracyGate(BaseModel):
+    """A reduced-precision graph measured against the package's float graph on a validation set: the export's gate.
+
+    Strict parity cannot hold below fp32, so the gate is accuracy: COCO mAP@[.5:.95]
+    may drop at most ``max_map_drop``, and at least ``min_recall`` of the float
+    graph's detections at score >= 0.5 must be found again (same label, IoU >= 0.5).
+    """
+
+    val_images: int = Field(ge=1)
+    float_map: float
+    map: float
+    map_drop: float
+    recall: float
+    max_map_drop: float
+    min_recall: float
+
+
+class GraphFile(BaseModel):
+    """A reduced-precision graph beside the float one: same inputs and outputs, quantized inside."""
+
+    file: str
+    precision: GraphPrecision
+    sha256: str
+    accuracy: AccuracyGate
+
+
 class ModelManifest(BaseModel):
     # Keys this class does not name are kept (and written back): a newer export's additions pass through an older reader.
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -84,8 +113,9 @@ class ModelManifest(BaseModel):
     iou_threshold: float = Field(ge=0, le=1)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    onnx_file: str = ONNX_FILE
+    onnx_file: str = ONNX_FILE  # the float (fp32) graph
     onnx_sha256: str
+    graphs: list[GraphFile] = Field(default_factory=list, description="reduced-precision graphs beside the float one, each passed its gate")
     # How the graph was made: written by the export, shown by the service, checked by neither.
     opset: int | None = None
     parity: ParityFigures | None = None
@@ -111,6 +141,20 @@ class ModelManifest(BaseModel):
             if spec.name == name:
                 return spec
         raise ValueError(f"no tensor named {name!r} (the graph's tensors are {[s.name for s in specs]})")
+
+    @property
+    def precisions(self) -> list[GraphPrecision]:
+        """The precisions the package holds a graph for: fp32 always, then the reduced ones."""
+        return ["fp32", *(graph.precision for graph in self.graphs)]
+
+    def graph_file(self, precision: GraphPrecision) -> tuple[str, str]:
+        """The file name and SHA-256 of the package's graph in ``precision``."""
+        if precision == "fp32":
+            return self.onnx_file, self.onnx_sha256
+        for graph in self.graphs:
+            if graph.precision == precision:
+                return graph.file, graph.sha256
+        raise PackageError(f"the package has no {precision} graph; it has {', '.join(self.precisions)}")
 
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -147,11 +191,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_graph_file(package: Path, manifest: ModelManifest) -> Path:
-    """The package's ONNX file, if it is the very file the manifest was written for."""
-    path = Path(package) / manifest.onnx_file
+def verify_graph_file(package: Path, manifest: ModelManifest, precision: GraphPrecision = "fp32") -> Path:
+    """The package's ONNX file in ``precision``, if it is the very file the manifest was written for."""
+    name, sha256 = manifest.graph_file(precision)
+    path = Path(package) / name
     if not path.is_file():
         raise PackageError(f"{path}: the manifest names this graph file, but it is missing")
-    if sha256_of(path) != manifest.onnx_sha256:
+    if sha256_of(path) != sha256:
         raise PackageError(f"{path}: its SHA-256 differs from the manifest's onnx_sha256 (a damaged copy, or a graph from another export)")
     return path

@@ -1,4 +1,4 @@
-"""Shared fixtures: small data sets and models that the project makes itself."""
+"""Shared fixtures: small data sets, models and model packages that the project makes itself."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from model_export.architectures import build_model
 from model_export.checkpoint import LoadedModel
+from model_export.export import ExportConfig, export_package
 from model_export.synth import generate_image
 from service.gpu import gpu_problem
 from service.letterbox import PAD_VALUE, letterbox
@@ -30,6 +31,7 @@ DEFAULT_MODEL_DIR = REPO / "models" / "default"
 
 
 CANVAS = (160, 192)
+SMALL_CANVAS = (128, 160)
 # Fewer proposals than torchvision's defaults keep the big architectures' tests quick; the graph is the same.
 SMALL_RPN = {"rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 120}
 
@@ -98,3 +100,20 @@ def random_model():  # type: ignore[no-untyped-def]
 def canvases():  # type: ignore[no-untyped-def]
     """The factory sample_canvases(canvas, count, seed)."""
     return sample_canvases
+
+
+@pytest.fixture(scope="session")
+def small_model() -> LoadedModel:
+    """A random compact model on a small canvas, calibrated to behave like a trained one."""
+    return make_random_model("fasterrcnn_compact_fpn", num_classes=4, canvas=SMALL_CANVAS, seed=3)
+
+
+@pytest.fixture(scope="session")
+def small_package(tmp_path_factory: pytest.TempPathFactory, small_model: LoadedModel) -> Path:
+    """``small_model`` exported as a real package: the model the service and deployment tests serve."""
+    package = tmp_path_factory.mktemp("small") / "package"
+    config = ExportConfig(
+        name="shapes", version="7", max_batch=8, max_detections=30, score_threshold=0.3, parity_images=2, parity_batches=(2,)
+    )
+    export_package(small_model, package, config)
+    return package

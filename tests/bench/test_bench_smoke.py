@@ -1,62 +1,73 @@
-"""`python -m bench --quick` end to end on a small real model: it produces every figure (not judged by value)."""
+"""`python -m bench --quick` end to end on a small real model: every section produces its figures (not judged by
+value), and a section measured alone is merged into the report, keeping the run that measured each."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bench.servers import REPO
 from model_export.checkpoint import LoadedModel, save_checkpoint
 from model_export.export import ExportConfig, export_package
 
-REPO = Path(__file__).resolve().parents[2]
 CLIENTS = [1, 4, 16, 64]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def small_model(tmp_path_factory: pytest.TempPathFactory, random_model: Callable[..., LoadedModel]) -> tuple[Path, Path]:
-    """A random compact model (calibrated to behave like a trained one): its checkpoint and its exported package."""
+def bench_model(tmp_path_factory: pytest.TempPathFactory, small_model: LoadedModel) -> tuple[Path, Path]:
+    """The small model's checkpoint, and its package exported with batches up to 16 (the raw engine's largest)."""
     root = tmp_path_factory.mktemp("bench")
-    loaded = random_model("fasterrcnn_compact_fpn", num_classes=4, canvas=(128, 160), seed=3)
-    save_checkpoint(root / "model.pt", loaded)
-    export_package(loaded, root / "package", ExportConfig(max_batch=16, max_detections=30, parity_images=2, parity_batches=(2,)))
+    save_checkpoint(root / "model.pt", small_model)
+    export_package(small_model, root / "package", ExportConfig(max_batch=16, max_detections=30, parity_images=2, parity_batches=(2,)))
     return root / "model.pt", root / "package"
 
 
-@pytest.fixture(scope="module")
-def quick_run(small_model: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
-    checkpoint, package = small_model
-    out = tmp_path_factory.mktemp("bench-out")
-    command = [sys.executable, "-m", "bench", "--quick", "--devices", "cpu", "--threads", "1"]
+def run_bench(model: tuple[Path, Path], out: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    checkpoint, package = model
+    command = [sys.executable, "-m", "bench", "--quick", "--devices", "cpu", "--threads", "1", *options]
     command += ["--checkpoint", str(checkpoint), "--package", str(package), "--out", str(out)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=420)
-    return done, out
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=420)
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def quick_run(bench_model: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("bench-out")
+    return run_bench(bench_model, out), out
+
+
+def cpu_sections(out: Path) -> dict[str, Any]:
+    report = json.loads((out / "bench.json").read_text())
+    assert [device["device"] for device in report["devices"]] == ["cpu"]
+    return dict(report["devices"][0])
+
+
 def test_quick_run_writes_the_json_the_table_and_the_plots(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     done, out = quick_run
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((out / "bench.json").read_text())
-    assert report["quick"] is True and report["machine"]["cores"] >= 1 and report["machine"]["onnxruntime"]
-    assert [device["device"] for device in report["devices"]] == ["cpu"]
+    device = cpu_sections(out)
+    runs = [device[name]["run"] for name in ("systems", "service_throughput", "export_speed")]
+    assert runs[0] == runs[1] == runs[2], "one run measured every section"
+    assert runs[0]["quick"] is True and runs[0]["machine"]["cores"] >= 1 and runs[0]["machine"]["onnxruntime"]
     table = (out / "bench.md").read_text()
     for needle in ("| system | clients |", "raw engine (no HTTP)", "naive eager FastAPI", "batching on / naive", "Goals:"):
+        assert needle in table, needle
+    for needle in ("### Service throughput", "raw engine behind the batcher", "### Export speed", "| batch | eager ms/image |"):
         assert needle in table, needle
     for figure in ("throughput", "p99"):
         assert (out / f"bench-cpu-{figure}.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
-@pytest.mark.slow
 def test_quick_run_measures_every_system_at_every_client_count(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     done, out = quick_run
     assert done.returncode == 0, done.stderr[-3000:]
-    device = json.loads((out / "bench.json").read_text())["devices"][0]
+    device = cpu_sections(out)["systems"]
     assert [raw["batch"] for raw in device["raw_engine"]] == [1, 4, 8, 16]
     assert all(raw["images_per_s"] > 0 for raw in device["raw_engine"])
     systems = {system["name"]: system for system in device["systems"]}
@@ -76,3 +87,39 @@ def test_quick_run_measures_every_system_at_every_client_count(quick_run: tuple[
         ("service_batching", "raw_engine_batch_8"),
     }
     assert [goal["met"] is not None for goal in device["goals"]] == [True] * 4
+
+
+def test_quick_run_measures_the_service_against_its_batcher_and_the_graph_against_eager(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    done, out = quick_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    sections = cpu_sections(out)
+    throughput = sections["service_throughput"]
+    assert throughput["error"] is None, throughput["error"]
+    assert throughput["clients"] == 16 and len(throughput["rounds"]) == 1
+    assert throughput["raw_images_per_s"] > 0 and throughput["service_images_per_s"] > 0 and throughput["ratio"] > 0
+    assert throughput["rounds"][0]["service"]["status"] == {"200": 16 * throughput["requests_per_client"]}
+    assert throughput["batch_sizes"]["batches"] > 0, "the service's graph runs over the rounds, from /metrics"
+    speed = sections["export_speed"]
+    assert [row["batch"] for row in speed["rows"]] == [1, 4, 8]
+    assert all(row["eager_ms_per_image"] > 0 and row["graph_ms_per_image"] > 0 for row in speed["rows"])
+    assert speed["eager"]["device"] == "cpu" and speed["engine"]["engine"] == "onnxruntime"
+    for section in (throughput, speed):
+        assert section["goals"] and all(goal["met"] is not None for goal in section["goals"])
+
+
+def test_a_section_run_alone_is_merged_into_the_report(
+    bench_model: tuple[Path, Path], quick_run: tuple[subprocess.CompletedProcess[str], Path]
+) -> None:
+    done, out = quick_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = cpu_sections(out)
+    again = run_bench(bench_model, out, "--only", "export-speed")
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = cpu_sections(out)
+    assert after["systems"] == before["systems"] and after["service_throughput"] == before["service_throughput"]
+    assert after["export_speed"]["run"]["started"] != before["export_speed"]["run"]["started"]
+    assert "--only export-speed" in after["export_speed"]["run"]["command"]
+    table = (out / "bench.md").read_text()
+    assert "- Run 1:" in table and "- Run 2:" in table and "(`--only export-speed`, run 2)" in table

@@ -14,8 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -23,6 +22,7 @@ from typing import NoReturn
 import httpx
 import pytest
 
+from bench.servers import wait_until
 from tests.deploy.tools import REPO
 
 HERE = Path(__file__).resolve().parent
@@ -206,14 +206,6 @@ def remove_images_made_since(engine: Engine, before: set[str], keep: str) -> Non
     if made:
         # An intermediate that the kept image still builds on is refused; that is right, so no check.
         engine("rmi", "--force", *made, timeout=300, check=False)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def http_ready(url: str) -> bool:

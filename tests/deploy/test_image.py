@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.servers import free_port, wait_until
 from model_export.synth import generate_image
 from tests.deploy.containers import (
     Container,
@@ -27,10 +28,9 @@ from tests.deploy.containers import (
     image_size_bytes,
     run,
     skip_or_fail,
-    wait_until,
 )
 from tests.deploy.tools import REPO, load_yaml
-from tests.service.helpers import free_port, png_bytes, serving
+from tests.service.helpers import png_bytes, serving
 
 # The cold build alone takes minutes on 2 cores: above the suite's per-test limit.
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
@@ -157,7 +157,7 @@ def test_stop_finishes_requests_in_flight_and_exits_0(engine: Engine, image: str
             ThreadPoolExecutor(max_workers=requests) as pool,
         ):
             futures = [pool.submit(post, client) for _ in range(requests)]
-            wait_until(lambda: len(sent) == requests, timeout=30, what="every request sent")
+            wait_until(lambda: len(sent) == requests, timeout_s=30, what="every request sent")
             stopped_at = time.monotonic()
             exit_code = server.stop(STOP_GRACE_S)
             for future in futures:
@@ -209,11 +209,11 @@ def prometheus_query(prometheus: str, query: str) -> list[dict[str, Any]]:
 
 
 def test_compose_cpu_profile_serves_and_prometheus_scrapes_it(compose_project: dict[str, str], scene: bytes) -> None:
-    wait_until(lambda: http_ready(compose_project["detector"]), timeout=READY_WITHIN_S, what="the detector ready")
+    wait_until(lambda: http_ready(compose_project["detector"]), timeout_s=READY_WITHIN_S, what="the detector ready")
     assert detect(compose_project["detector"], scene)["detections"]
     # Prometheus scrapes every 15 s (deploy/prometheus/prometheus.yml): a few rounds at most.
     prometheus = compose_project["prometheus"]
     up = 'up{job="detector"}'
-    wait_until(lambda: any(r["value"][1] == "1" for r in prometheus_query(prometheus, up)), timeout=90, what=f"{up} == 1")
+    wait_until(lambda: any(r["value"][1] == "1" for r in prometheus_query(prometheus, up)), timeout_s=90, what=f"{up} == 1")
     series = '{__name__=~"detector_.+", job="detector"}'
-    wait_until(lambda: bool(prometheus_query(prometheus, series)), timeout=60, what="a detector_ series in Prometheus")
+    wait_until(lambda: bool(prometheus_query(prometheus, series)), timeout_s=60, what="a detector_ series in Prometheus")

@@ -16,11 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.servers import HOST, PORT_FIELD, ServerProcess, ServerSpec
 from model_export.synth import generate_image
 from service.main import create_app
 from service.settings import Settings
 from tests.deploy.tools import REPO, load_yaml, require_tool
-from tests.service.helpers import ServerProcess, free_port, png_bytes, wait_ready
+from tests.service.helpers import png_bytes, serving, wait_ready
 
 PROMETHEUS_CONFIG = REPO / "deploy/prometheus/prometheus.yml"
 DASHBOARD = REPO / "deploy/grafana/dashboards/detector.json"
@@ -109,8 +110,7 @@ def test_dashboard_panels_are_well_formed() -> None:
 def prometheus(tmp_path: Path) -> Iterator[Any]:
     """A factory: the real Prometheus server on loopback, with deploy/'s detector job pointed at a target."""
     binary = require_tool("prometheus")
-    processes: list[subprocess.Popen[str]] = []
-    logs: list[Any] = []
+    servers: list[ServerProcess] = []
 
     def start(target: str) -> httpx.Client:
         config = load_yaml(PROMETHEUS_CONFIG)
@@ -119,31 +119,14 @@ def prometheus(tmp_path: Path) -> Iterator[Any]:
         job["static_configs"] = [{"targets": [target]}]
         config["scrape_configs"] = [job]
         (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        port = free_port()
-        log = (tmp_path / "prometheus.log").open("w")
-        logs.append(log)
         command = [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}"]
-        command += [f"--web.listen-address=127.0.0.1:{port}"]
-        processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True))
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if client.get("/-/ready").status_code == 200:
-                    return client
-            except httpx.TransportError:
-                pass
-            if processes[-1].poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"prometheus did not become ready: {(tmp_path / 'prometheus.log').read_text()[-2000:]}")
+        command += [f"--web.listen-address={HOST}:{PORT_FIELD}"]
+        servers.append(ServerProcess(ServerSpec(name="prometheus", label="prometheus", command=tuple(command), ready_path="/-/ready")))
+        return servers[-1].launch().wait_ready(timeout_s=30)
 
     yield start
-    for process in processes:
-        process.terminate()
-        process.wait(timeout=30)
-    for log in logs:
-        log.close()
+    for server in servers:
+        server.close()
 
 
 def query(client: httpx.Client, promql: str) -> list[dict[str, Any]]:
@@ -155,10 +138,9 @@ def query(client: httpx.Client, promql: str) -> list[dict[str, Any]]:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_real_prometheus_scrapes_the_running_service(small_package: Path, prometheus: Any) -> None:
-    server = ServerProcess({"DETECTOR_MODEL_DIR": str(small_package), "DETECTOR_INTRA_OP_THREADS": "1"})
-    try:
-        service = server.wait_ready()
-        client = prometheus(f"127.0.0.1:{server.port}")
+    with serving(small_package) as server:
+        service = server.http
+        client = prometheus(f"{HOST}:{server.port}")
         image = png_bytes(generate_image(seed=42, index=1)[0])
         started = time.monotonic()
         rate: list[dict[str, Any]] = []
@@ -173,5 +155,3 @@ def test_real_prometheus_scrapes_the_running_service(small_package: Path, promet
         up = query(client, 'up{job="detector"}')
         assert [float(series["value"][1]) for series in up] == [1.0], up
         assert query(client, "detector_ready == 1"), "detector_ready should be 1 while serving"
-    finally:
-        server.stop()

@@ -7,10 +7,10 @@ module the wheel leaves out, or an import of torch on the serving side, only sho
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
-import time
 import venv
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +19,19 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.servers import ServerError, ServerProcess, python_module, service_spec
 from model_export.parity import box_iou
 from model_export.synth import generate_image
 from tests.deploy.tools import REPO
 from tests.mutants import copy_project, project_files
-from tests.service.helpers import free_port, png_bytes, serving
-from tests.service.load import same_detections
+from tests.service.helpers import png_bytes, serving
+from tests.service.readings import same_detections
 
 pytestmark = pytest.mark.slow
 
 DEFAULT_PACKAGE = REPO / "models" / "default" / "package"
+# What points Python at the checkout (or sets the service up) in this process's environment: none of it reaches the wheel.
+CHECKOUT_ENV = ("PYTHON", "DETECTOR_", "VIRTUAL_ENV")
 # A synthetic scene the default model has never seen (its data sets use seeds 1, 2 and 3).
 SCENE_SEED, SCENE_INDEX = 77, 4
 
@@ -76,46 +79,28 @@ def test_the_wheel_leaves_out_torch_and_the_checkout(installed_python: Path) -> 
     assert "site-packages" in location and not location.startswith(str(REPO)), location
 
 
-def clean_env(**extra: str) -> dict[str, str]:
+def clean_env() -> dict[str, str]:
     """This process's environment without anything that points Python at the checkout."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("PYTHON", "DETECTOR_", "VIRTUAL_ENV"))}
-    return {**env, **extra}
+    return {name: value for name, value in os.environ.items() if not name.startswith(CHECKOUT_ENV)}
 
 
 @pytest.fixture(scope="module")
 def wheel_server(installed_python: Path) -> Iterator[httpx.Client]:
     """``python -m service`` from the installed wheel, started outside the checkout, on the default package."""
-    port = free_port()
-    env = clean_env(
-        DETECTOR_MODEL_DIR=str(DEFAULT_PACKAGE), DETECTOR_HOST="127.0.0.1", DETECTOR_PORT=str(port), DETECTOR_INTRA_OP_THREADS="1"
+    spec = service_spec({"DETECTOR_MODEL_DIR": str(DEFAULT_PACKAGE), "DETECTOR_INTRA_OP_THREADS": "1"}, label="the installed server")
+    spec = dataclasses.replace(
+        spec, command=python_module("service", python=installed_python), cwd=installed_python.parents[2], dropped_env=CHECKOUT_ENV
     )
-    log_path = installed_python.parents[2] / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [str(installed_python), "-m", "service"], cwd=installed_python.parents[2], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+    server = ServerProcess(spec).launch()
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
-            wait_until_ready(client, process, log_path)
-            yield client
-    finally:
-        if process.poll() is None:  # one that exited early has failed the fixture already
-            process.terminate()
-            assert process.wait(timeout=40) == 0, f"SIGTERM did not stop the server cleanly: {log_path.read_text()[-3000:]}"
-
-
-def wait_until_ready(client: httpx.Client, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the installed server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}", pytrace=False)
         try:
-            if client.get("/health/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the installed server was not ready within {timeout_s} s:\n{log_path.read_text()[-3000:]}", pytrace=False)
+            client = server.wait_ready(timeout_s=90)
+        except ServerError as error:
+            pytest.fail(str(error), pytrace=False)
+        yield client
+        assert server.stop(timeout_s=40) == 0, f"SIGTERM did not stop the server cleanly: {server.output(3000)}"
+    finally:
+        server.close()
 
 
 def found(annotation: dict, detections: list[dict], min_iou: float = 0.5) -> bool:

@@ -1,32 +1,19 @@
-"""Service fixtures: a small real model package, the app under TestClient, and a real server process."""
+"""Service fixtures: scenes, the app under TestClient, and the real server (a module's, or started by a test)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from model_export.export import ExportConfig, export_package
+from bench.servers import ServerProcess
 from model_export.synth import generate_image
 from service.main import create_app
 from service.settings import Settings
-from tests.service.helpers import ServerProcess, png_bytes, wait_ready
-
-SMALL_CANVAS = (128, 160)
-
-
-@pytest.fixture(scope="session")
-def small_package(tmp_path_factory: pytest.TempPathFactory, random_model) -> Path:  # type: ignore[no-untyped-def]
-    """A random compact model (calibrated to behave like a trained one), exported as a real package."""
-    package = tmp_path_factory.mktemp("service") / "package"
-    loaded = random_model("fasterrcnn_compact_fpn", num_classes=4, canvas=SMALL_CANVAS, seed=3)
-    config = ExportConfig(
-        name="shapes", version="7", max_batch=8, max_detections=30, score_threshold=0.3, parity_images=2, parity_batches=(2,)
-    )
-    export_package(loaded, package, config)
-    return package
+from tests.service.helpers import png_bytes, server_env, serving, start_service, wait_ready
 
 
 @pytest.fixture(scope="session")
@@ -62,15 +49,30 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
 
 
+@pytest.fixture(scope="module")
+def server(small_package: Path) -> Iterator[ServerProcess]:
+    """One ready server on the small package for the module's tests (a module may override it with its own settings)."""
+    with serving(small_package) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    """A client of the module's server."""
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
 @pytest.fixture
 def start_server(small_package: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Launches ``python -m service`` on the small package, one inference thread and the given DETECTOR_* settings (and
+    optionally a port); the test waits for it as it needs. Every server started is closed after the test."""
     servers: list[ServerProcess] = []
 
-    def start(**env: str) -> ServerProcess:
-        server = ServerProcess({"DETECTOR_MODEL_DIR": str(small_package), "DETECTOR_INTRA_OP_THREADS": "1", **env})
-        servers.append(server)
-        return server
+    def start(port: int | None = None, **env: str) -> ServerProcess:
+        servers.append(start_service(server_env(small_package, **env), port))
+        return servers[-1]
 
     yield start
     for server in servers:
-        server.stop()
+        server.close()

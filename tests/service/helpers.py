@@ -1,16 +1,10 @@
-"""Test helpers for the service: image bytes, readiness waits, a real server process."""
+"""Test helpers for the service: image bytes, a TestClient's readiness, and the real server (bench/servers.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -18,7 +12,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from bench.servers import ServerProcess, service_spec, wait_until
 
 
 def png_bytes(image: Image.Image, format: str = "PNG", **options: object) -> bytes:
@@ -27,71 +21,27 @@ def png_bytes(image: Image.Image, format: str = "PNG", **options: object) -> byt
     return buffer.getvalue()
 
 
-def wait_ready(client: TestClient | httpx.Client, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get("/health/ready").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise TimeoutError("the service did not become ready")
+def solid_image(width: int, height: int, colour: tuple[int, int, int] = (120, 130, 140)) -> Image.Image:
+    return Image.fromarray(np.full((height, width, 3), colour, dtype=np.uint8))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def wait_ready(client: TestClient | httpx.Client, timeout_s: float = 60.0) -> None:
+    """Until the app behind ``client`` reports ready (its lifespan loads and warms the model meanwhile)."""
+    wait_until(lambda: client.get("/health/ready").status_code == 200, timeout_s, "the service ready")
 
 
-class ServerProcess:
-    """``python -m service`` in its own process, on a free loopback port."""
+def server_env(package: Path, **env: str) -> dict[str, str]:
+    """A test server's settings: ``package``, one inference thread, and ``env``."""
+    return {"DETECTOR_MODEL_DIR": str(package), "DETECTOR_INTRA_OP_THREADS": "1", **env}
 
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environment = {**os.environ, "DETECTOR_HOST": "127.0.0.1", "DETECTOR_PORT": str(self.port), **env}
-        # Logs go to a file: a pipe nobody reads would fill and stall the server.
-        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (read after the process ends)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO, env=environment, stdout=self.log, stderr=subprocess.STDOUT
-        )
 
-    def wait_ready(self, timeout: float = 90.0, headers: dict[str, str] | None = None) -> httpx.Client:
-        client = httpx.Client(base_url=self.url, timeout=30.0, headers=headers)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}: {self.output()}")
-            try:
-                if client.get("/health/ready").status_code == 200:
-                    return client
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("the server did not become ready")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+def start_service(env: Mapping[str, str], port: int | None = None) -> ServerProcess:
+    """``python -m service`` with ``env`` (DETECTOR_* settings; none from this shell), launched but not waited for."""
+    return ServerProcess(service_spec(env), port).launch()
 
 
 @contextlib.contextmanager
 def serving(package: Path, **env: str) -> Iterator[ServerProcess]:
-    """A ready server on ``package`` for a with-block (a module's fixture), stopped at its end."""
-    server = ServerProcess({"DETECTOR_MODEL_DIR": str(package), "DETECTOR_INTRA_OP_THREADS": "1", **env})
-    try:
-        server.wait_ready().close()
+    """A ready server on ``package``, on one inference thread, for a with-block (a module's fixture); closed at its end."""
+    with ServerProcess(service_spec(server_env(package, **env))) as server:
         yield server
-    finally:
-        server.stop()
-
-
-def solid_image(width: int, height: int, colour: tuple[int, int, int] = (120, 130, 140)) -> Image.Image:
-    return Image.fromarray(np.full((height, width, 3), colour, dtype=np.uint8))

@@ -10,34 +10,21 @@ still getting the detections it got before.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image, ImageOps
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench.servers import ServerProcess
 from tests.service import corpus
 from tests.service.corpus import Kind
-from tests.service.helpers import ServerProcess, png_bytes, serving
+from tests.service.helpers import png_bytes
+from tests.service.readings import scrape, statuses, value
 
 PROBLEM_JSON = "application/problem+json"
 MAX_MEMORY_GROWTH = 100 * 1024 * 1024
 LOW_SCORE = "score_threshold=0.05"  # low enough that the random test model finds objects in a scene
-
-
-@pytest.fixture(scope="module")
-def server(small_package: Path) -> Iterator[ServerProcess]:
-    with serving(small_package) as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def http(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
 
 
 @dataclass(frozen=True)
@@ -72,12 +59,8 @@ def detect(http: httpx.Client, image: bytes, media_type: str, query: str = "") -
     return body
 
 
-def metric_families(http: httpx.Client) -> dict:
-    return {family.name: family for family in text_string_to_metric_families(http.get("/metrics").text)}
-
-
 def resident_memory(http: httpx.Client) -> float:
-    return float(metric_families(http)["process_resident_memory_bytes"].samples[0].value)
+    return value(scrape(http), "process_resident_memory_bytes")
 
 
 def test_the_corpus_holds_every_kind_the_issue_lists() -> None:
@@ -126,10 +109,7 @@ def test_the_server_is_unchanged_by_the_corpus(http: httpx.Client, corpus_run: C
     after = detect(http, corpus.good_png(), "image/png", LOW_SCORE)["detections"]
     assert corpus_run.detections_before, "the good image should have detections"
     assert_same_detections(after, corpus_run.detections_before)
-    served = {
-        (s.labels["route"], s.labels["status"]) for s in metric_families(http)["detector_requests"].samples if s.name.endswith("_total")
-    }
-    assert not [status for route, status in served if route == "/detect" and status.startswith("5")]
+    assert not [status for status in statuses(scrape(http)) if status.startswith("5")]
 
 
 def assert_same_detections(got: list[dict], want: list[dict], box_tolerance: float = 1e-2) -> None:

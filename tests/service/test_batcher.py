@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from bench.servers import REPO
 from service.batcher import BatchPolicy, DynamicBatcher
-from service.engines.base import BatchOutput
+from service.engines.base import BatchOutput, EngineInfo
 from service.engines.onnxruntime import OnnxRuntimeEngine
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, QueueFull
 from service.manifest import read_manifest
 from service.metrics import Metrics
-from tests.service.helpers import REPO
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ class RecordingEngine:
             return BatchOutput(output.num_detections[1:], output.boxes[1:], output.scores[1:], output.labels[1:])
         return output
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EngineInfo:
         return self.engine.describe()
 
 
@@ -71,6 +73,25 @@ async def _alone(engine: OnnxRuntimeEngine, canvas: np.ndarray, score: float, io
     try:
         return (await batcher.submit(canvas, score, iou, 30.0)).detections
     finally:
+        await batcher.drain_and_stop()
+
+
+@contextlib.asynccontextmanager
+async def _stalled(
+    engine: OnnxRuntimeEngine, first: np.ndarray, max_queue: int = 64
+) -> AsyncIterator[tuple[RecordingEngine, DynamicBatcher]]:
+    """A batcher of one request per batch whose engine holds its first batch (``first``) until released; released,
+    answered and stopped at the end of the block."""
+    stalled = RecordingEngine(engine, stall_s=10)
+    batcher = _batcher(stalled, max_batch_size=1, wait_ms=0, max_queue=max_queue)
+    batcher.start()
+    running = asyncio.create_task(batcher.submit(first, 0.3, 0.5, 30.0))
+    await asyncio.sleep(0.2)  # the first request is in the engine
+    try:
+        yield stalled, batcher
+    finally:
+        stalled.release.set()
+        await running
         await batcher.drain_and_stop()
 
 
@@ -166,36 +187,23 @@ def test_a_result_count_mismatch_fails_the_batch(engine: OnnxRuntimeEngine, canv
 
 def test_full_queue_refuses_at_once(engine: OnnxRuntimeEngine, canvases: np.ndarray) -> None:
     async def scenario() -> None:
-        stalled = RecordingEngine(engine, stall_s=10)
-        batcher = _batcher(stalled, max_batch_size=1, wait_ms=0, max_queue=2)
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(canvases[0], 0.3, 0.5, 30.0))
-        await asyncio.sleep(0.2)  # the first is running; the next two fill the queue
-        queued = [asyncio.create_task(batcher.submit(canvases[i], 0.3, 0.5, 30.0)) for i in (1, 2)]
-        await asyncio.sleep(0.05)
-        started = time.monotonic()
-        with pytest.raises(QueueFull):
-            await batcher.submit(canvases[3], 0.3, 0.5, 30.0)
-        assert time.monotonic() - started < 0.5
-        stalled.release.set()
-        await asyncio.gather(first, *queued)
-        await batcher.drain_and_stop()
+        async with _stalled(engine, canvases[0], max_queue=2) as (_, batcher):  # the next two fill the queue
+            queued = [asyncio.create_task(batcher.submit(canvases[i], 0.3, 0.5, 30.0)) for i in (1, 2)]
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            with pytest.raises(QueueFull):
+                await batcher.submit(canvases[3], 0.3, 0.5, 30.0)
+            assert time.monotonic() - started < 0.5
+        await asyncio.gather(*queued)
 
     asyncio.run(scenario())
 
 
 def test_a_request_whose_deadline_passes_in_the_queue_is_never_run(engine: OnnxRuntimeEngine, canvases: np.ndarray) -> None:
     async def scenario() -> RecordingEngine:
-        stalled = RecordingEngine(engine, stall_s=10)
-        batcher = _batcher(stalled, max_batch_size=1, wait_ms=0)
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(canvases[0], 0.3, 0.5, 30.0))
-        await asyncio.sleep(0.2)
-        with pytest.raises(DeadlineExceeded):
-            await batcher.submit(canvases[1], 0.3, 0.5, 0.2)
-        stalled.release.set()
-        await first
-        await batcher.drain_and_stop()
+        async with _stalled(engine, canvases[0]) as (stalled, batcher):
+            with pytest.raises(DeadlineExceeded):
+                await batcher.submit(canvases[1], 0.3, 0.5, 0.2)
         return stalled
 
     assert [size for size, _, _ in asyncio.run(scenario()).calls] == [1], "the expired request must not run"
@@ -225,17 +233,10 @@ def test_policy_limits_are_validated() -> None:
 
 def test_a_request_whose_client_left_is_dropped_before_inference(engine: OnnxRuntimeEngine, canvases: np.ndarray) -> None:
     async def scenario() -> RecordingEngine:
-        stalled = RecordingEngine(engine, stall_s=10)
-        batcher = _batcher(stalled, max_batch_size=1, wait_ms=0)
-        batcher.start()
-        first = asyncio.create_task(batcher.submit(canvases[0], 0.3, 0.5, 30.0))
-        await asyncio.sleep(0.2)
-        gone = asyncio.create_task(batcher.submit(canvases[1], 0.3, 0.5, 30.0))
-        await asyncio.sleep(0.05)
-        gone.cancel()  # what the server does when the client disconnects
-        stalled.release.set()
-        await first
-        await batcher.drain_and_stop()
+        async with _stalled(engine, canvases[0]) as (stalled, batcher):
+            gone = asyncio.create_task(batcher.submit(canvases[1], 0.3, 0.5, 30.0))
+            await asyncio.sleep(0.05)
+            gone.cancel()  # what the server does when the client disconnects
         return stalled
 
     assert [size for size, _, _ in asyncio.run(scenario()).calls] == [1]

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.servers import ServerProcess, service_spec
 from model_export.parity import box_iou
 from model_export.synth import CATEGORIES, generate_image
-from tests.service.helpers import ServerProcess, png_bytes
+from tests.service.helpers import png_bytes
 
 # Each scene goes out smaller and larger than the 320 x 320 canvas: the letterbox scales them by 4/3 and by 1/2.
 SIZE_FACTORS = (0.75, 2.0)
@@ -27,13 +28,8 @@ SEED = 2024
 @pytest.fixture(scope="module")
 def default_server() -> Iterator[httpx.Client]:
     assert not any(key.startswith("DETECTOR_") for key in os.environ), "run the tests without DETECTOR_* settings"
-    server = ServerProcess({})  # only host and port set: the model comes from the defaults
-    try:
-        client = server.wait_ready()
-        yield client
-        client.close()
-    finally:
-        server.stop()
+    with ServerProcess(service_spec({})) as server:  # only host and port set: the model comes from the defaults
+        yield server.http
 
 
 def _detect(client: httpx.Client, image: Image.Image) -> dict:

@@ -21,14 +21,14 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
 
 import service.detector
+from bench.servers import ServerProcess, free_port, wait_until
 from service.engines import create_engine
-from service.engines.base import BatchOutput, Engine
+from service.engines.base import BatchOutput, Engine, EngineInfo
 from service.main import create_app
 from service.settings import Settings
-from tests.service.helpers import ServerProcess, free_port
+from tests.service.readings import scrape, statuses, value
 
 
 class FaultyEngine:
@@ -44,7 +44,7 @@ class FaultyEngine:
             raise RuntimeError("injected fault: the device fell off the bus")
         return self.engine.run(images, score_threshold, iou_threshold)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EngineInfo:
         return self.engine.describe()
 
 
@@ -63,7 +63,7 @@ def faulty_server(small_package: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    _wait_for(lambda: _status(client, "/health/ready") == 200, "the server did not become ready")
+    wait_until(lambda: _status(client, "/health/ready") == 200, 60, "the server ready")
     yield client, engines[0]
     client.close()
     server.should_exit = True
@@ -77,24 +77,8 @@ def _status(client: httpx.Client, path: str) -> int:
         return 0
 
 
-def _wait_for(condition: Callable[[], bool], message: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(message)
-        time.sleep(0.05)
-
-
 def _detect(client: httpx.Client, image: bytes) -> httpx.Response:
     return client.post("/detect", content=image, headers={"Content-Type": "image/png"})
-
-
-def _metric(client: httpx.Client, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 def _assert_inference_failed(response: httpx.Response) -> None:
@@ -126,14 +110,15 @@ def test_repeated_failures_turn_readiness_false_until_a_probe_succeeds(
         _assert_inference_failed(_detect(client, scene_images[3]))
     ready = client.get("/health/ready")
     assert ready.status_code == 503 and ready.headers["content-type"] == "application/problem+json"
-    assert _metric(client, "detector_ready") == 0
-    assert _metric(client, "detector_inference_failures_total") >= 3  # and any probe that failed since
-    assert _metric(client, "detector_requests_total", route="/detect", status="500") == 3
+    families = scrape(client)
+    assert value(families, "detector_ready") == 0
+    assert value(families, "detector_inference_failures", "detector_inference_failures_total") >= 3  # and any probe that failed since
+    assert statuses(families).get("500") == 3
     assert client.get("/health/live").status_code == 200, "the process itself is fine: no restart needed"
 
     engine.failing = False  # the fault clears: the next probe (every second) finds the engine well
-    _wait_for(lambda: _status(client, "/health/ready") == 200, "readiness did not come back after the fault cleared", timeout=30)
-    assert _metric(client, "detector_ready") == 1
+    wait_until(lambda: _status(client, "/health/ready") == 200, 30, "readiness back after the fault cleared")
+    assert value(scrape(client), "detector_ready") == 1
     assert _detect(client, scene_images[3]).status_code == 200
 
 
@@ -196,9 +181,14 @@ def _not_json(package: Path, manifest: dict[str, Any]) -> None:
     ],
 )
 def test_a_broken_package_stops_the_server_naming_the_problem(
-    small_package: Path, tmp_path: Path, edit: Callable[[Path, dict[str, Any]], None], exit_code: int, message: str
+    small_package: Path,
+    tmp_path: Path,
+    start_server: Callable[..., ServerProcess],
+    edit: Callable[[Path, dict[str, Any]], None],
+    exit_code: int,
+    message: str,
 ) -> None:
-    server = ServerProcess({"DETECTOR_MODEL_DIR": str(_broken_copy(small_package, tmp_path, edit))})
+    server = start_server(DETECTOR_MODEL_DIR=str(_broken_copy(small_package, tmp_path, edit)))
     ever_ready = False
     with httpx.Client(base_url=server.url) as client:
         while server.process.poll() is None:
@@ -211,9 +201,8 @@ def test_a_broken_package_stops_the_server_naming_the_problem(
     assert not ever_ready, "a broken model must never be reported ready"
 
 
-def test_a_killed_server_restarts_ready_on_the_same_port(small_package: Path, scene_images: list[bytes]) -> None:
-    env = {"DETECTOR_MODEL_DIR": str(small_package), "DETECTOR_INTRA_OP_THREADS": "1"}
-    first = ServerProcess(env)
+def test_a_killed_server_restarts_ready_on_the_same_port(start_server: Callable[..., ServerProcess], scene_images: list[bytes]) -> None:
+    first = start_server()
     client = first.wait_ready()
     sending = threading.Thread(target=lambda: [_detect_ignoring_errors(client, image) for image in scene_images * 4])
     sending.start()
@@ -222,14 +211,9 @@ def test_a_killed_server_restarts_ready_on_the_same_port(small_package: Path, sc
     assert first.process.wait(timeout=30) == -signal.SIGKILL
     sending.join(timeout=60)
 
-    second = ServerProcess(env, port=first.port)
-    try:
-        restarted = second.wait_ready(timeout=90)
-        response = _detect(restarted, scene_images[1])
-        assert response.status_code == 200 and response.json()["model"]["name"] == "shapes"
-    finally:
-        second.stop()
-        first.log.close()
+    restarted = start_server(port=first.port).wait_ready(timeout_s=90)
+    response = _detect(restarted, scene_images[1])
+    assert response.status_code == 200 and response.json()["model"]["name"] == "shapes"
 
 
 def _detect_ignoring_errors(client: httpx.Client, image: bytes) -> None:

@@ -1,7 +1,7 @@
 """Schemathesis against a real server's own OpenAPI schema: every route, no server fault, every response as documented.
 
-The server runs in its own process on loopback (tests/service/helpers.py's
-ServerProcess) and serves the small exported package. Generation is bounded
+The server runs in its own process on loopback (tests/service/conftest.py's
+module server) and serves the small exported package. Generation is bounded
 (at most 80 generated cases per operation, besides the examples and coverage
 phases' cases) and deterministic, with no example database, so that CI runs
 the same cases every time.
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -29,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from tests.service.helpers import ServerProcess, serving
+from bench.servers import ServerProcess
 
 CONFIG = schemathesis.Config.from_dict(
     {
@@ -45,12 +44,6 @@ CONFIG = schemathesis.Config.from_dict(
 @schemathesis.serializer("image/bmp", "image/tiff", "image/jpg", "image/pjpeg")
 def _binary(ctx: schemathesis.SerializationContext, value: Any) -> Any:
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-@pytest.fixture(scope="module")
-def server(small_package: Path) -> Iterator[ServerProcess]:
-    with serving(small_package) as process:
-        yield process
 
 
 @pytest.fixture(scope="module")

@@ -18,28 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.helpers import ServerProcess
-from tests.service.load import (
-    Burst,
-    Families,
-    Reply,
-    closed_loop,
-    connect,
-    detect_request,
-    median,
-    open_loop,
-    parse_families,
-    percentile,
-    process_stats,
-    read_reply,
-    request_head,
-    same_detections,
-    scrape,
-    send,
-    statuses,
-    value,
-    wait_until_idle,
-)
+from bench.load import Burst, closed_loop, for_seconds, open_loop
+from bench.servers import ServerProcess
+from bench.wire import Reply, connect, detect_request, read_reply, request_head, send
+from tests.service.helpers import serving
+from tests.service.readings import Families, median, parse_families, percentile, same_detections, scrape, statuses, value, wait_until_idle
 
 MAX_QUEUE = 8
 REQUEST_TIMEOUT_S = 4.0
@@ -71,28 +54,18 @@ class Overload:
 
 @pytest.fixture(scope="module")
 def overload(small_package: Path, scene_images: list[bytes]) -> Iterator[Overload]:
-    server = ServerProcess(
-        {
-            "DETECTOR_MODEL_DIR": str(small_package),
-            "DETECTOR_INTRA_OP_THREADS": "1",
-            "DETECTOR_MAX_QUEUE": str(MAX_QUEUE),
-            "DETECTOR_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
-        }
-    )
-    try:
-        client = server.wait_ready()
+    with serving(small_package, DETECTOR_MAX_QUEUE=str(MAX_QUEUE), DETECTOR_REQUEST_TIMEOUT_S=str(REQUEST_TIMEOUT_S)) as server:
+        client = server.http
         scenes = _jpeg_scenes(scene_images)
         alone = {tag: _detect_alone(client, image) for tag, image in scenes.items()}
         capacity = _measure_capacity(server.port, scenes)
         wait_until_idle(client)
-        rss_before = process_stats(server.process.pid).rss_bytes
+        rss_before = server.stats().rss_bytes
         burst, depths = asyncio.run(_burst_while_sampling(server.port, scenes, BURST_FACTOR * capacity))
         wait_until_idle(client)
-        rss_after = process_stats(server.process.pid).rss_bytes
+        rss_after = server.stats().rss_bytes
         print(_summary(capacity, burst, depths, rss_before, rss_after))
         yield Overload(capacity, burst, depths, rss_before, rss_after, scenes, alone, client)
-    finally:
-        server.stop()
 
 
 def _jpeg_scenes(scene_images: list[bytes]) -> dict[str, bytes]:
@@ -111,7 +84,7 @@ def _detect_alone(client: httpx.Client, image: bytes) -> list[dict]:
 def _measure_capacity(port: int, scenes: dict[str, bytes]) -> float:
     requests = [detect_request(image, "image/jpeg", QUERY) for image in scenes.values()]
     started = time.monotonic()
-    replies = asyncio.run(closed_loop(port, requests, CAPACITY_CLIENTS, seconds=2.5))
+    replies = asyncio.run(closed_loop(port, requests, CAPACITY_CLIENTS, for_seconds(2.5)))
     elapsed = time.monotonic() - started
     assert [r.status for r in replies] == [200] * len(replies), Counter(r.status for r in replies)
     return len(replies) / elapsed

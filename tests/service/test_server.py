@@ -14,10 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.helpers import REPO
-from tests.service.load import same_detections
+from bench.servers import REPO
+from tests.service.readings import same_detections, scrape, statuses, value
 
 
 def _detect(client: httpx.Client, image: bytes, score: float, iou: float) -> httpx.Response:
@@ -36,17 +35,13 @@ def test_concurrent_mixed_requests_equal_each_request_alone(start_server, scene_
         assert same_detections(together.json()["detections"], single.json()["detections"])
     assert any(r.json()["detections"] for r in batched)
 
-    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
-    batch_sizes = {s.labels.get("le"): s.value for s in families["detector_batch_size"].samples if s.name.endswith("_bucket")}
-    runs = next(s.value for s in families["detector_batch_size"].samples if s.name.endswith("_count"))
+    families = scrape(client)
+    runs = value(families, "detector_batch_size", "detector_batch_size_count")
     assert runs < 64 + 8, "the concurrent half should have run in shared batches"
-    assert batch_sizes["1.0"] < runs, "some graph runs should hold more than one request"
-    requests_total = {
-        s.labels["status"]: s.value
-        for s in families["detector_requests"].samples
-        if s.name.endswith("_total") and s.labels["route"] == "/detect"
-    }
-    assert requests_total == {"200": 64.0}
+    assert value(families, "detector_batch_size", "detector_batch_size_bucket", le="1.0") < runs, (
+        "some graph runs should hold more than one request"
+    )
+    assert statuses(families) == {"200": 64.0}
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(start_server, scene_images: list[bytes]) -> None:  # type: ignore[no-untyped-def]
@@ -91,24 +86,25 @@ def _refused_while_draining(url: str, image: bytes) -> bool:
 
 def _progress(client: httpx.Client) -> tuple[int, int]:
     """(/detect requests in flight, /detect requests answered); the scrape itself is one request in flight."""
-    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
-    in_flight = int(families["detector_requests_in_flight"].samples[0].value) - 1
-    answered = sum(
-        int(s.value) for s in families["detector_requests"].samples if s.name.endswith("_total") and s.labels["route"] == "/detect"
+    families = scrape(client)
+    return int(value(families, "detector_requests_in_flight")) - 1, int(sum(statuses(families).values()))
+
+
+def _run_to_its_exit(**env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m service`` with ``env`` added to this environment, expected to stop at start."""
+    return subprocess.run(
+        [sys.executable, "-m", "service"], cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=60
     )
-    return in_flight, answered
 
 
 def test_bad_settings_stop_the_server_naming_the_variable(small_package: Path) -> None:
-    env = {**os.environ, "DETECTOR_MODEL_DIR": str(small_package), "DETECTOR_MAX_BATCH_SIZE": "0", "DETECTOR_PROVIDERS": "gpu-please"}
-    result = subprocess.run([sys.executable, "-m", "service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    result = _run_to_its_exit(DETECTOR_MODEL_DIR=str(small_package), DETECTOR_MAX_BATCH_SIZE="0", DETECTOR_PROVIDERS="gpu-please")
     assert result.returncode == 2
     assert "DETECTOR_MAX_BATCH_SIZE" in result.stderr and "DETECTOR_PROVIDERS" in result.stderr
 
 
 def test_a_missing_model_package_stops_the_server(tmp_path: Path) -> None:
-    env = {**os.environ, "DETECTOR_MODEL_DIR": str(tmp_path / "nothing-here")}
-    result = subprocess.run([sys.executable, "-m", "service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    result = _run_to_its_exit(DETECTOR_MODEL_DIR=str(tmp_path / "nothing-here"))
     assert result.returncode == 2
     assert "DETECTOR_MODEL_DIR" in result.stderr and "not a model package directory" in result.stderr
 
@@ -143,7 +139,6 @@ def test_providers_this_onnxruntime_lacks_stop_the_server(small_package: Path) -
     missing = [name for name, provider in PROVIDER_NAMES.items() if provider not in onnxruntime.get_available_providers()]
     if not missing:
         pytest.skip("this onnxruntime offers every provider")
-    env = {**os.environ, "DETECTOR_MODEL_DIR": str(small_package), "DETECTOR_PROVIDERS": missing[0]}
-    result = subprocess.run([sys.executable, "-m", "service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    result = _run_to_its_exit(DETECTOR_MODEL_DIR=str(small_package), DETECTOR_PROVIDERS=missing[0])
     assert result.returncode == 2
     assert "DETECTOR_PROVIDERS asks for" in result.stderr

@@ -13,26 +13,11 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.service.helpers import ServerProcess, png_bytes, solid_image
-from tests.service.load import (
-    BackgroundLoad,
-    Reply,
-    connect,
-    detect_request,
-    graph_images,
-    media_type,
-    process_stats,
-    read_reply,
-    request_head,
-    same_detections,
-    scrape,
-    send,
-    statuses,
-    value,
-    wait_for_fds,
-    wait_for_queue,
-    wait_until_idle,
-)
+from bench.load import BackgroundLoad
+from bench.servers import ServerProcess
+from bench.wire import Reply, connect, detect_request, media_type, read_reply, request_head, send
+from tests.service.helpers import png_bytes, solid_image
+from tests.service.readings import graph_images, same_detections, scrape, statuses, value, wait_for_fds, wait_for_queue, wait_until_idle
 
 StartServer = Callable[..., ServerProcess]
 BODY_TIMEOUT_S = 3.0
@@ -133,7 +118,7 @@ def _leavers_leak_nothing(start_server: StartServer, image: bytes, leavers: list
     server = start_server()
     client = server.wait_ready()
     expected = client.post("/detect", content=image, headers={"Content-Type": "image/jpeg"}).json()["detections"]
-    fds_before = process_stats(server.process.pid).open_fds
+    fds_before = server.stats().open_fds
     threads = [threading.Thread(target=leave, args=(server.port,)) for leave in leavers]
     for thread in threads:
         thread.start()

@@ -15,23 +15,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench.servers import ProcessStats, ServerProcess
+from bench.wire import Reply, connect, detect_request, media_type, read_reply
 from model_export.synth import generate_image
-from tests.service.helpers import ServerProcess, png_bytes
-from tests.service.load import (
-    ProcessStats,
-    Reply,
-    connect,
-    detect_request,
-    media_type,
-    process_stats,
-    read_reply,
-    same_detections,
-    scrape,
-    slope,
-    statuses,
-    wait_for_fds,
-    wait_until_idle,
-)
+from tests.service.helpers import png_bytes
+from tests.service.readings import same_detections, scrape, slope, statuses, wait_for_fds, wait_until_idle
 
 SOAK_S = float(os.environ.get("SOAK_SECONDS", "180"))
 WARM_UP_S = SOAK_S / 5
@@ -182,7 +170,7 @@ def test_a_sustained_mixed_load_leaves_memory_descriptors_and_threads_flat(
     started = time.monotonic()
 
     def sample(answered: int) -> None:
-        samples.append(Sample(time.monotonic() - started, answered, process_stats(server.process.pid)))
+        samples.append(Sample(time.monotonic() - started, answered, server.stats()))
 
     tally = _run_clients(server, cases, SOAK_S, sample)
     wait_until_idle(client)

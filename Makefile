@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch/torchvision first, pinned, so that no other package pulls a different build.
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e ".[serve,export,dev]"
+	$(BIN)/pip install -e ".[serve,openvino,export,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -7,7 +7,7 @@ all of these (opsets 9 to 20). Only the operators with a ``Y`` are listed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import onnx
 
@@ -36,8 +36,9 @@ CONSTANT_INPUTS = {"TopK": [1], "InstanceNormalization": [1, 2], "Conv": [1]}
 MAX_TOPK = 3840
 
 
-@dataclass(frozen=True)
-class GraphIssue:
+class GraphIssue(NamedTuple):
+    """A node TensorRT's ONNX parser would not take as it is, and why."""
+
     node: str
     op_type: str
     problem: str

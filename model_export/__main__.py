@@ -1,28 +1,25 @@
-"""Command line of the training side: ``python -m model_export {synth,train,evaluate,export,build-engine}``."""
+"""Command line of the training side: ``python -m model_export {synth,train,evaluate,export,quantize,build-engine}``."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 from model_export.arch_names import ARCH_NAMES, COMPACT_ARCH
+from model_export.cli_options import config_from, config_option
 from model_export.command_errors import CheckpointError, CommandError
 from model_export.config import DEFAULT_CANVAS, EngineConfig, ExportConfig, SynthConfig, TrainConfig, parse_profile
+from model_export.int8_command import add_int8_options, add_quantize, int8_sets, write_int8_graph
 from service.manifest import PackageError
 
 if TYPE_CHECKING:  # the command line imports torch only for the subcommands that need it
-    from _typeshed import DataclassInstance
-
     from model_export.checkpoint import LoadedModel
     from model_export.coco import CocoDataset
     from model_export.train import EpochCallback
-
-Config = TypeVar("Config", bound="DataclassInstance")
 
 
 def parse_canvas(text: str) -> tuple[int, int]:
@@ -44,21 +41,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"should be at least 1, got {value}")
     return value
-
-
-def config_option(parser: argparse._ActionsContainer, config: type[DataclassInstance], flag: str, help: str, **kwargs: Any) -> None:
-    """Adds the option that sets the config's field of the same name (``--max-batch``: ``max_batch``), with the field's
-    default, shown in the help: the defaults are written once, in ``model_export.config``."""
-    default = {field.name: field.default for field in dataclasses.fields(config)}[flag.removeprefix("--").replace("-", "_")]
-    if default is not None and default is not False:
-        help += f" (default {default!r})" if isinstance(default, str) else f" (default {default})"
-    parser.add_argument(flag, default=default, help=help, **kwargs)
-
-
-def config_from(config: type[Config], args: argparse.Namespace, **given: Any) -> Config:
-    """The config with each field that has an option taken from the command line, the others from ``given`` or the defaults."""
-    options = {field.name: getattr(args, field.name) for field in dataclasses.fields(config) if hasattr(args, field.name)}
-    return config(**options, **given)
 
 
 def _canvas_text(canvas: tuple[int, int]) -> str:
@@ -203,6 +185,10 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     config_option(parser, ExportConfig, "--iou-threshold", "the service's default NMS IoU threshold (default: the model's)", type=float)
     config_option(parser, ExportConfig, "--name", "model name")
     config_option(parser, ExportConfig, "--version", "model version")
+    config_option(
+        parser, ExportConfig, "--precision", "int8: an int8 graph beside the float one too (needs --calibration)", choices=["fp32", "int8"]
+    )
+    add_int8_options(parser.add_argument_group("int8 graph (with --precision int8)"), calibration_required=False)
     parser.set_defaults(run=_run_export)
 
 
@@ -211,8 +197,11 @@ def _run_export(args: argparse.Namespace) -> None:
     from model_export.export import export_package
 
     config = config_from(ExportConfig, args)
+    sets = int8_sets(args, config.precision)  # the images are checked before minutes of export
     categories = read_categories(args.categories) if args.categories else None
     loaded = load_checkpoint(args.checkpoint, arch=args.arch, categories=categories, canvas=args.canvas)
+    if sets is not None:
+        (sets[1] or sets[0]).check_classes(loaded.categories)  # the validation set's (or the held-out part's)
     print(f"exporting {loaded.arch} on a {loaded.canvas[0]}x{loaded.canvas[1]} canvas, batch 1..{config.max_batch}", flush=True)
     parity = export_package(loaded, args.out, config).parity
     measured = (
@@ -222,6 +211,8 @@ def _run_export(args: argparse.Namespace) -> None:
         else "no parity figures"
     )
     print(f"wrote {args.out}: {measured}")
+    if sets is not None:
+        write_int8_graph(args, args.out, *sets)
 
 
 def _add_build_engine(commands: argparse._SubParsersAction) -> None:
@@ -260,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_export(commands)
+    add_quantize(commands)
     _add_build_engine(commands)
     return parser
 

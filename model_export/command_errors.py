@@ -31,3 +31,11 @@ class PrecisionError(CommandError, ValueError):
 
 class EngineBuildError(CommandError, RuntimeError):
     """The engine cannot be built here; the message says why."""
+
+
+class CalibrationError(CommandError, ValueError):
+    """Calibration or validation images that cannot be used, or int8 options out of range; the message names the folder or option."""
+
+
+class AccuracyGateError(CommandError, RuntimeError):
+    """A reduced-precision graph missed its accuracy gate; the message gives the figures and by how much it missed."""

@@ -1,4 +1,4 @@
-"""The options of each stage, with their defaults: synthetic data, training, export, engine build.
+"""The options of each stage, with their defaults: synthetic data, training, export, int8 graph, engine build.
 
 The command line reads its defaults from here, so they are written once. This
 module imports nothing heavy: ``python -m model_export --help`` and ``synth``
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from model_export.command_errors import EngineBuildError, ExportError
+from model_export.command_errors import CalibrationError, EngineBuildError, ExportError
 
 # The canvas (H, W) of a model that has none yet: one built from scratch, or a checkpoint that names none.
 DEFAULT_CANVAS = (320, 320)
@@ -52,6 +53,8 @@ class ExportConfig:
     opset: int = 18
     score_threshold: float = 0.5  # the service's default; the graph takes it at run time
     iou_threshold: float | None = None  # None: the model's own (torchvision's box_nms_thresh)
+    # int8: the package gets an int8 graph beside the float one as well (QuantizeConfig, calibration images needed).
+    precision: Literal["fp32", "int8"] = "fp32"
     # Parity check: images and batch sizes run through both models.
     parity_images: int = 8
     parity_batches: tuple[int, ...] = (1, 2, 5)
@@ -67,6 +70,49 @@ class ExportConfig:
             raise ExportError(f"score_threshold should be within 0..1, got {self.score_threshold}")
         if self.iou_threshold is not None and not 0 <= self.iou_threshold <= 1:
             raise ExportError(f"iou_threshold should be within 0..1, got {self.iou_threshold}")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """The int8 graph (``model_export.quantize``): its calibration, and the accuracy gate it must pass against the float graph."""
+
+    # The gate (model_export.accuracy_gate): the mAP may drop at most max_map_drop (mAP@[.5:.95] against a COCO set's
+    # annotations, mAP@.5 against the float graph's detections on a plain folder), and at least min_recall of the float graph's detections at
+    # score >= match_score must be found again among the int8 graph's at that score (same label, IoU >= match_iou).
+    max_map_drop: float = 0.01
+    min_recall: float = 0.95
+    match_score: float = 0.5
+    match_iou: float = 0.5
+    map_score_threshold: float = 0.05  # the detections that the mAP scores, as `evaluate` keeps them
+    # A calibration folder needs this many readable images; without --val its last val_fraction (at least
+    # min_val_images) is held out for the gate, the rest calibrates.
+    min_calibration_images: int = 16
+    val_fraction: float = 0.25
+    min_val_images: int = 8
+    # ONNX Runtime's histogram calibration holds every calibrated tensor of a pass in memory: one pass per batch of
+    # calibration_batch images, and at most max_calibration_images in all (evenly spaced through the set).
+    max_calibration_images: int = 200
+    calibration_batch: int = 8
+    # Activations are clipped at this percentile of |x|: symmetric int8 with plain min/max cost mAP (model_export.quantize).
+    percentile: float = 99.999
+    max_image_pixels: int = 40_000_000  # a larger image is unreadable, as the service's default DETECTOR_MAX_IMAGE_PIXELS has it
+    batch_size: int = 8  # validation batches
+
+    def __post_init__(self) -> None:
+        for name in ("min_recall", "match_score", "match_iou", "map_score_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise CalibrationError(f"{name} should be within 0..1, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise CalibrationError(f"val_fraction should be between 0 and 1, got {self.val_fraction}")
+        if not 1 <= self.min_val_images < self.min_calibration_images:
+            raise CalibrationError(
+                f"min_val_images should be at least 1 and below min_calibration_images ({self.min_calibration_images}), got {self.min_val_images}"
+            )
+        for name in ("max_calibration_images", "calibration_batch", "batch_size", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise CalibrationError(f"{name} should be at least 1, got {getattr(self, name)}")
+        if not 0 < self.percentile <= 100:
+            raise CalibrationError(f"percentile should be within (0, 100], got {self.percentile}")
 
 
 @dataclass(frozen=True)

@@ -74,18 +74,32 @@ GraphPrecision = Literal["fp32", "int8"]
 class AccuracyGate(BaseModel):
     """A reduced-precision graph measured against the package's float graph on a validation set: the export's gate.
 
-    Strict parity cannot hold below fp32, so the gate is accuracy: COCO mAP@[.5:.95]
+    Strict parity cannot hold below fp32, so the gate is accuracy: COCO mAP (``metric``)
     may drop at most ``max_map_drop``, and at least ``min_recall`` of the float
-    graph's detections at score >= 0.5 must be found again (same label, IoU >= 0.5).
+    graph's detections at score >= 0.5 must be found again among the reduced graph's
+    at score >= 0.5 (same label, IoU >= 0.5; ``match_score`` and ``match_iou``).
+
+    ``reference`` says what the mAPs are measured against: ``annotations``, a COCO
+    validation set's ground truth (``metric`` mAP@[.5:.95]); ``float_detections``, for
+    a folder of images without annotations, the float graph's own detections at score
+    >= 0.5, so that ``float_map`` is 1.0 there and ``map`` says how far the reduced
+    graph's detections are from the float graph's. That one is mAP@.5: the float
+    graph's boxes are not the objects' true boxes, and at the strict IoUs of
+    mAP@[.5:.95] a sub-pixel shift of a box counts as a miss.
     """
 
     val_images: int = Field(ge=1)
+    reference: Literal["annotations", "float_detections"] = "annotations"
+    metric: Literal["mAP@[.5:.95]", "mAP@.5"] = "mAP@[.5:.95]"
     float_map: float
     map: float
     map_drop: float
     recall: float
+    float_detections: int | None = Field(default=None, ge=0, description="the float graph's detections at match_score: recall's base")
     max_map_drop: float
     min_recall: float
+    match_score: float = 0.5  # the score of the detections that recall counts, on both sides
+    match_iou: float = 0.5  # the IoU at which a detection of the same label is found again
 
 
 class GraphFile(BaseModel):
@@ -95,6 +109,8 @@ class GraphFile(BaseModel):
     precision: GraphPrecision
     sha256: str
     accuracy: AccuracyGate
+    # How the graph was made (tool, quantized ops, calibration images): written by the export, checked by no one.
+    quantization: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelManifest(BaseModel):

@@ -12,7 +12,7 @@ import numpy as np
 
 from service.batcher import BatchPolicy, BatchResult, DynamicBatcher
 from service.decode import decode_image
-from service.engines import Engine, create_engine
+from service.engines import Engine, create_engine, package_graph
 from service.errors import DeadlineExceeded, NotReady, ServiceError
 from service.letterbox import Letterbox, fit_scale, letterbox
 from service.manifest import ModelManifest, read_manifest, verify_graph_file
@@ -65,7 +65,7 @@ class Detector:
     def load(cls, settings: Settings, metrics: Metrics) -> Detector:
         """Reads the package and builds the engine (slow: call it off the event loop)."""
         manifest = read_manifest(settings.model_dir)
-        verify_graph_file(settings.model_dir, manifest)
+        verify_graph_file(settings.model_dir, manifest, package_graph(settings))
         engine = create_engine(settings, manifest)
         return cls(settings, manifest, engine, metrics)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.engines.base import GRAPH_OF
 from service.manifest import PackageError, read_manifest
 
 ENV_PREFIX = "DETECTOR_"
@@ -16,6 +17,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default
 MIN_API_KEY_LENGTH = 16
 SECRET_FIELDS = frozenset({"api_keys"})
 Provider = Literal["tensorrt", "cuda", "cpu"]
+PrecisionSetting = Literal["auto", "f32", "bf16", "int8"]
 
 
 class Settings(BaseSettings):
@@ -23,9 +25,14 @@ class Settings(BaseSettings):
 
     # The model
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="model package directory (model.onnx + model.json)")
-    engine: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    engine: Literal["onnxruntime", "tensorrt", "openvino"] = "onnxruntime"
+    precision: PrecisionSetting = Field(
+        "auto",
+        description="f32 and bf16 (openvino only) run the package's float graph, int8 its int8 graph; "
+        "auto: the float graph (onnxruntime, openvino), the most reduced engine built (tensorrt)",
+    )
     providers: str = Field("auto", description="'auto' (TensorRT, CUDA, CPU: what onnxruntime offers) or a list like 'cuda,cpu'")
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference; 0 lets it choose")
+    intra_op_threads: int = Field(0, ge=0, description="threads per inference (ONNX Runtime's intra-op, OpenVINO's); 0 lets it choose")
     trt_fp16: bool = False
     trt_cache_dir: Path | None = Field(None, description="TensorRT execution provider engine cache")
     warmup: bool = True
@@ -69,6 +76,23 @@ class Settings(BaseSettings):
             read_manifest(value)  # a broken manifest stops the start here, like any bad setting
         except PackageError as error:
             raise ValueError(str(error)) from error
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _engine_runs_precision(cls, value: PrecisionSetting, info: ValidationInfo) -> PrecisionSetting:
+        """bf16 is OpenVINO's alone; ONNX Runtime and OpenVINO need the package's graph of that precision (TensorRT looks up
+        its engines at load)."""
+        engine, package = info.data.get("engine"), info.data.get("model_dir")
+        if value == "auto" or engine is None:
+            return value
+        if value == "bf16" and engine != "openvino":
+            raise ValueError(f"bf16 is run by the openvino engine only (DETECTOR_ENGINE=openvino); {engine} runs f32 or int8")
+        if engine == "tensorrt" or package is None:
+            return value
+        precisions = read_manifest(package).precisions
+        if GRAPH_OF[value] not in precisions:
+            raise ValueError(f"the package {package} has no {GRAPH_OF[value]} graph; it has {', '.join(precisions)}")
         return value
 
     @field_validator("providers")

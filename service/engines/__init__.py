@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.engines.base import BatchOutput, Engine, EngineInfo
-from service.engines.factory import create_engine
+from service.engines.base import BatchOutput, Engine, EngineInfo, Precision
+from service.engines.factory import create_engine, engine_precision, package_graph
 
-__all__ = ["BatchOutput", "Engine", "EngineInfo", "create_engine"]
+__all__ = ["BatchOutput", "Engine", "EngineInfo", "Precision", "create_engine", "engine_precision", "package_graph"]

@@ -8,6 +8,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.manifest import GraphPrecision
+
+# What an engine is asked to compute in (DETECTOR_PRECISION): f32 and bf16 run the package's float graph
+# (bf16 as OpenVINO's inference precision), int8 runs its int8 (Q/DQ) graph.
+Precision = Literal["f32", "bf16", "int8"]
+GRAPH_OF: dict[Precision, GraphPrecision] = {"f32": "fp32", "bf16": "fp32", "int8": "int8"}
+
 
 @dataclass(frozen=True)
 class BatchOutput:
@@ -45,9 +52,9 @@ class EngineInfo(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    engine: Literal["onnxruntime", "tensorrt"]
-    provider: str = Field(description="the ONNX Runtime execution provider that runs the graph, or TensorRT")
+    engine: Literal["onnxruntime", "tensorrt", "openvino"]
+    provider: str = Field(description="the ONNX Runtime execution provider that runs the graph, TensorRT, or OpenVINO's device (CPU)")
     device: Literal["cpu", "gpu"]
-    precision: str = Field(description="fp32, fp16 or int8: the precision the graph runs in")
+    precision: str = Field(description="fp32, fp16, bf16 or int8: the precision the graph runs in")
     version: str = Field(description="the runtime's version")
     details: dict[str, Any] = Field(default_factory=dict, description="the runtime's own settings: providers, threads, profile")

@@ -1,17 +1,44 @@
-"""Builds the engine the settings ask for."""
+"""Builds the engine the settings ask for. Each engine's runtime is imported only when that engine is chosen:
+the service starts without TensorRT or OpenVINO installed when it does not use them."""
 
 from __future__ import annotations
 
-from service.engines.base import Engine
-from service.manifest import ModelManifest
-from service.settings import Settings
+from typing import TYPE_CHECKING
+
+from service.engines.base import GRAPH_OF, Engine, Precision
+from service.engines.engine_manifest import Precision as TensorRTPrecision
+from service.manifest import GraphPrecision, ModelManifest
+
+if TYPE_CHECKING:  # service.settings imports service.engines.base: a runtime import here would be circular
+    from service.settings import Settings
+
+# DETECTOR_PRECISION in TensorRT's names; auto (None) takes the most reduced engine built for this GPU.
+TENSORRT_PRECISION: dict[str, TensorRTPrecision | None] = {"auto": None, "f32": "fp32", "int8": "int8"}
+
+
+def engine_precision(settings: Settings) -> Precision:
+    """What ONNX Runtime or OpenVINO computes in: DETECTOR_PRECISION, with auto resolved (today f32, the float graph)."""
+    return "f32" if settings.precision == "auto" else settings.precision
+
+
+def package_graph(settings: Settings) -> GraphPrecision:
+    """The package's graph the engine reads, the one to verify: the precision's graph; for TensorRT the float graph,
+    which its engines are matched to (by model.onnx's SHA-256)."""
+    return "fp32" if settings.engine == "tensorrt" else GRAPH_OF[engine_precision(settings)]
 
 
 def create_engine(settings: Settings, manifest: ModelManifest) -> Engine:
     if settings.engine == "tensorrt":
         from service.engines.tensorrt import TensorRTEngine
 
-        return TensorRTEngine(settings.model_dir, manifest)
+        return TensorRTEngine(settings.model_dir, manifest, TENSORRT_PRECISION[settings.precision])
+    if settings.engine == "openvino":
+        try:
+            from service.engines.openvino import OpenVinoEngine
+        except ImportError as error:
+            raise RuntimeError(f"DETECTOR_ENGINE=openvino needs OpenVINO: pip install -e '.[openvino]' ({error})") from error
+
+        return OpenVinoEngine(settings.model_dir, manifest, engine_precision(settings), threads=settings.intra_op_threads)
     from service.engines.onnxruntime import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(
@@ -21,4 +48,5 @@ def create_engine(settings: Settings, manifest: ModelManifest) -> Engine:
         intra_op_threads=settings.intra_op_threads,
         trt_fp16=settings.trt_fp16,
         trt_cache_dir=settings.trt_cache_dir,
+        precision=engine_precision(settings),
     )

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.engines.base import BatchOutput, EngineInfo
+from service.engines.base import GRAPH_OF, BatchOutput, EngineInfo, Precision
 from service.manifest import ModelManifest, PackageError
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,13 @@ class OnnxRuntimeEngine:
         intra_op_threads: int = 0,
         trt_fp16: bool = False,
         trt_cache_dir: Path | None = None,
+        precision: Precision = "f32",
     ) -> None:
+        """``precision`` f32 runs the package's float graph, int8 its int8 (Q/DQ) graph; bf16 is OpenVINO's alone."""
+        if precision == "bf16":
+            raise ValueError("ONNX Runtime runs the f32 or the int8 graph; bf16 is the openvino engine's (DETECTOR_ENGINE=openvino)")
         self.manifest = manifest
+        self.precision = precision
         self.max_batch = manifest.max_batch
         chosen = choose_providers(providers, ort.get_available_providers())
         options = ort.SessionOptions()
@@ -110,7 +115,8 @@ class OnnxRuntimeEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle inference threads sleep instead of spinning: the decode threads share these cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        path = Path(package) / manifest.onnx_file
+        self.graph_file = manifest.graph_file(GRAPH_OF[precision])[0]
+        path = Path(package) / self.graph_file
         if uses_gpu(chosen):
             # The CUDA and cuDNN libraries of the nvidia-* wheels are not on the loader's path; torch would load them, the service has none.
             ort.preload_dlls()
@@ -145,7 +151,7 @@ class OnnxRuntimeEngine:
             engine="onnxruntime",
             provider=provider,
             device="gpu" if uses_gpu([provider]) else "cpu",
-            precision="fp16" if fp16 else "fp32",
+            precision="int8" if self.precision == "int8" else "fp16" if fp16 else "fp32",
             version=ort.__version__,
-            details={"providers": self.providers, "intra_op_threads": self.intra_op_threads},
+            details={"providers": self.providers, "intra_op_threads": self.intra_op_threads, "graph_file": self.graph_file},
         )

@@ -76,11 +76,14 @@ default-model: $(STAMP)
 	cp runs/default/model.loss.png models/default/loss.png
 	$(BIN)/python -m model_export evaluate --data data/test --checkpoint models/default/model.pt --json models/default/eval.json --plot models/default/pr.png
 	$(BIN)/python -m model_export export --checkpoint models/default/model.pt --out models/default/package --name default --version 1
+	$(BIN)/python -m model_export synth --out data/calibration --count 200 --seed 11
+	$(BIN)/python -m model_export synth --out data/int8-val --count 100 --seed 12
+	$(BIN)/python -m model_export quantize --package models/default/package --calibration data/calibration --val data/int8-val
 
-# Benchmarks (not tests): the service vs the raw engine vs a naive eager server, into bench/results/.
-# Run on an otherwise idle machine: about 5 minutes on 2 CPU cores (at most 10); `python -m bench --quick` checks it in 2.
+# Benchmarks (not tests): the service vs the raw engine vs a naive eager server, and the exported graph vs the eager model,
+# into bench/results/ (one report). Run on an otherwise idle machine: about 3 minutes on 2 CPU cores (at most 10);
+# `python -m bench --quick` checks it in 2, `python -m bench --only SECTION` measures one section into the report.
 bench: $(STAMP)
-	$(BIN)/python -m bench.export_speed
 	$(BIN)/python -m bench
 
 # On a GPU host: the GPU extras into .venv, an fp16 TensorRT engine of the default model, the gpu-marked tests and a short

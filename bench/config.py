@@ -47,6 +47,23 @@ QUICK_PLAN = LoadPlan(requests_per_level=16, min_requests_per_client=1, level_ti
 
 
 @dataclass(frozen=True)
+class ExportSpeedPlan:
+    """export-speed: the graph against the eager model at these batch sizes, medians over the rounds."""
+
+    batches: tuple[int, ...] = (1, 4, 8)
+    rounds: int = 7
+
+
+@dataclass(frozen=True)
+class ThroughputPlan:
+    """service-throughput: the service against the raw engine behind its batcher at one client count, in alternating rounds."""
+
+    clients: int = 16
+    requests_per_client: int = 20
+    rounds: int = 2
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     checkpoint: Path = REPO / "models" / "default" / "model.pt"
     package: Path = REPO / "models" / "default" / "package"
@@ -59,13 +76,8 @@ class BenchConfig:
     image_count: int = 24
     raw_batches: tuple[int, ...] = (1, 4, 8, 16)
     raw_images: int = 64
-    # export-speed: the graph against the eager model at these batch sizes, medians over the rounds.
-    export_batches: tuple[int, ...] = (1, 4, 8)
-    export_rounds: int = 7
-    # service-throughput: the service against the raw engine behind its batcher, at one client count, alternating rounds.
-    throughput_clients: int = 16
-    throughput_requests_per_client: int = 20
-    throughput_rounds: int = 2
+    export: ExportSpeedPlan = field(default_factory=ExportSpeedPlan)
+    throughput: ThroughputPlan = field(default_factory=ThroughputPlan)
     # The service's batching (its defaults), and the threads every system gets (0: each library's default).
     max_batch_size: int = 8
     max_batch_wait_ms: float = 5.0
@@ -94,7 +106,7 @@ class BenchConfig:
             raise BenchError(f"--clients should be positive numbers, got {self.plan.clients}")
         if self.plan.requests_per_level < 1:
             raise BenchError(f"--requests should be at least 1, got {self.plan.requests_per_level}")
-        if min(self.throughput_clients, self.throughput_requests_per_client, self.throughput_rounds, self.export_rounds) < 1:
+        if min(self.throughput.clients, self.throughput.requests_per_client, self.throughput.rounds, self.export.rounds) < 1:
             raise BenchError("the service-throughput clients, requests and rounds and the export-speed rounds should be at least 1")
         if self.max_batch_size < 1 or self.threads < 0 or (self.naive_threads or 0) < 0 or self.image_count < 1:
             raise BenchError(
@@ -111,8 +123,7 @@ def quick_overrides() -> dict[str, Any]:
         "plan": QUICK_PLAN,
         "image_count": 8,
         "raw_images": 16,
-        "export_rounds": 2,
-        "throughput_requests_per_client": 4,
-        "throughput_rounds": 1,
+        "export": ExportSpeedPlan(rounds=2),
+        "throughput": ThroughputPlan(requests_per_client=4, rounds=1),
         "out": REPO / "bench" / "results" / "quick",
     }

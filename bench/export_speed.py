@@ -51,12 +51,12 @@ def measure(config: BenchConfig, manifest: ModelManifest, images: ImageSet, devi
         engine.run(batch, manifest.score_threshold, manifest.iou_threshold)
 
     rows = []
-    for size in [b for b in config.export_batches if b <= manifest.max_batch]:
+    for size in [b for b in config.export.batches if b <= manifest.max_batch]:
         batch = canvases[np.arange(size) % len(canvases)]
         eager(batch)  # first runs at a new shape: allocations
         graph(batch)
         times: dict[str, list[float]] = {"eager": [], "graph": []}
-        for _ in range(config.export_rounds):
+        for _ in range(config.export.rounds):
             times["eager"].append(_ms_per_image(eager, batch))
             times["graph"].append(_ms_per_image(graph, batch))
         eager_ms, graph_ms = statistics.median(times["eager"]), statistics.median(times["graph"])
@@ -72,6 +72,6 @@ def measure(config: BenchConfig, manifest: ModelManifest, images: ImageSet, devi
             f"[{device}] export-speed, batch {size}: eager {rows[-1].eager_ms_per_image}, graph {rows[-1].graph_ms_per_image} ms per image"
         )
     eager_info = {"engine": "torch eager", "torch": torch.__version__, "device": str(torch_device), "threads": torch.get_num_threads()}
-    section = ExportSpeedSection(run=run, engine=engine.describe(), eager=eager_info, rounds=config.export_rounds, rows=rows)
+    section = ExportSpeedSection(run=run, engine=engine.describe(), eager=eager_info, rounds=config.export.rounds, rows=rows)
     section.goals = compare.export_goals(section)
     return section

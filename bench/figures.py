@@ -124,6 +124,7 @@ class Run(BaseModel):
     command: str
     machine: dict[str, Any]
     config: dict[str, Any]  # the run's options and its images
+    others_cpu_share: float | None = None  # of the cores' time during the run, taken by other processes (bench.machine.OtherWork)
 
 
 class SystemsSection(BaseModel):

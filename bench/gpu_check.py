@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench import report, runner
-from bench.config import BenchConfig
+from bench.config import BenchConfig, ThroughputPlan
 from bench.figures import ServiceThroughputSection
 from bench.images import write_images
 from bench.machine import describe
@@ -120,9 +120,7 @@ def service_against_raw(package: Path, requests_per_client: int) -> ServiceThrou
         sections=("service-throughput",),
         gpu_engine="tensorrt",
         image_count=IMAGE_COUNT,
-        throughput_clients=SERVICE_CLIENTS,
-        throughput_requests_per_client=requests_per_client,
-        throughput_rounds=1,
+        throughput=ThroughputPlan(clients=SERVICE_CLIENTS, requests_per_client=requests_per_client, rounds=1),
     )
     section = runner.run(config, "python -m bench.gpu_check bench").devices[0].service_throughput
     if section is None:

@@ -23,6 +23,7 @@ from service.engines.base import EngineInfo
 
 DASH = "–"
 BUSY_LOAD_PER_CORE = 0.5
+BUSY_SHARE = 0.1  # of the cores' time taken by other processes during a run
 
 
 def _row(cells: Iterable[object]) -> str:
@@ -237,25 +238,38 @@ def device_section(device: DeviceResult, plots: list[str], run_numbers: dict[str
     return lines
 
 
-def run_lines(result: BenchResult, run: Run, name: str) -> list[str]:
-    """When and how a run was made, on what machine, and which sections of the report it measured."""
-    m, images = run.machine, run.config.get("images", {})
-    measured = [f"{d.device} {option}" for d in result.devices for option, s in d.sections().items() if s.run.started == run.started]
-    lines = [f"- {name}: {run.started}, {run.seconds} s, `{run.command}`; measured {', '.join(measured)}"]
-    if run.quick:
-        lines += ["  - **A --quick run: a check that everything works, too short for figures to publish.**"]
-    load, cores = (m.get("load_average") or [0.0])[0], m.get("cores") or 1
+def _alone_lines(run: Run) -> list[str]:
+    """Whether the run had the cores to itself: measured while it ran, or (an older report) the load when it began."""
+    if run.others_cpu_share is not None:
+        shared = f"other processes took {run.others_cpu_share:.0%} of the cores' time while it measured"
+        return [f"  - **Not alone: {shared}; these figures are low.**" if run.others_cpu_share >= BUSY_SHARE else f"  - Alone: {shared}."]
+    load, cores = (run.machine.get("load_average") or [0.0])[0], run.machine.get("cores") or 1
     if load >= BUSY_LOAD_PER_CORE * cores:
-        lines += [
+        return [
             f"  - **The machine was not idle when the run began (load average {load} on {cores} cores): other work skews these figures.**"
         ]
-    lines += [
+    return []
+
+
+def _setting_lines(run: Run) -> list[str]:
+    m, images = run.machine, run.config.get("images", {})
+    return [
         f"  - Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB; GPU: {m.get('gpu') or 'none'}; {m.get('platform')}",
         f"  - Software: Python {m.get('python')}, ONNX Runtime {m.get('onnxruntime')} ({', '.join(m.get('providers', []))}), NumPy {m.get('numpy')}, "
         + ", ".join(f"{name} {version}" for name, version in m.get("versions", {}).items()),
         f"  - Images: {images.get('count')} JPEGs, {images.get('megapixels_min_mean_max')} megapixels (min, mean, max), {images.get('without_objects')} without objects",
     ]
-    return lines
+
+
+def run_lines(result: BenchResult, run: Run, name: str, setting_as: str | None) -> list[str]:
+    """When and how a run was made, which sections it measured, whether it was alone, and on what machine (or: the same
+    machine, software and images as run ``setting_as``)."""
+    measured = [f"{d.device} {option}" for d in result.devices for option, s in d.sections().items() if s.run.started == run.started]
+    lines = [f"- {name}: {run.started}, {run.seconds} s, `{run.command}`; measured {', '.join(measured)}"]
+    if run.quick:
+        lines += ["  - **A --quick run: a check that everything works, too short for figures to publish.**"]
+    lines += _alone_lines(run)
+    return lines + ([f"  - Machine, software and images: as run {setting_as}"] if setting_as else _setting_lines(run))
 
 
 def header(result: BenchResult, run_numbers: dict[str, int]) -> list[str]:
@@ -264,8 +278,11 @@ def header(result: BenchResult, run_numbers: dict[str, int]) -> list[str]:
     lines += [
         f"- Model: {model.get('name')} v{model.get('version')} ({model.get('arch')}), canvas {model.get('canvas')}, max batch {model.get('max_batch')}"
     ]
+    described: dict[tuple[str, ...], int] = {}  # a run's setting lines -> the run that showed them first
     for run in result.runs():
-        lines += run_lines(result, run, f"Run {run_numbers[run.started]}" if len(run_numbers) > 1 else "Run")
+        number = run_numbers[run.started]
+        shown = described.setdefault(tuple(_setting_lines(run)), number)
+        lines += run_lines(result, run, f"Run {number}" if len(run_numbers) > 1 else "Run", str(shown) if shown != number else None)
     return [*lines, ""]
 
 

@@ -17,7 +17,7 @@ from bench import export_speed, service_throughput, systems
 from bench.config import BenchConfig, progress
 from bench.figures import BenchResult, DeviceResult, Run
 from bench.images import ImageSet, write_images
-from bench.machine import describe
+from bench.machine import OtherWork, describe
 from service.manifest import ModelManifest, read_manifest
 
 
@@ -25,6 +25,7 @@ def run(config: BenchConfig, command: str) -> BenchResult:
     """Measures ``config.sections`` on ``config.devices``; every section records this run (``command``, the machine)."""
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     started = time.monotonic()
+    others = OtherWork()
     manifest = read_manifest(config.package)
     with tempfile.TemporaryDirectory(prefix="bench-images-") as scratch:
         images = write_images(Path(scratch), config.image_count)
@@ -38,7 +39,7 @@ def run(config: BenchConfig, command: str) -> BenchResult:
             config=config.as_json() | {"images": images.describe()},
         )
         devices = [run_device(config, manifest, images, device, this_run) for device in config.devices]
-    finished = this_run.model_copy(update={"seconds": round(time.monotonic() - started, 1)})
+    finished = this_run.model_copy(update={"seconds": round(time.monotonic() - started, 1), "others_cpu_share": others.share()})
     for device in devices:
         for section in device.sections().values():
             section.run = finished

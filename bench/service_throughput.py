@@ -55,7 +55,7 @@ def batcher_throughput(
 
 
 def measure(config: BenchConfig, manifest: ModelManifest, images: ImageSet, device: str, run: Run) -> ServiceThroughputSection:
-    clients, per_client = config.throughput_clients, config.throughput_requests_per_client
+    clients, per_client = config.throughput.clients, config.throughput.requests_per_client
     policy = BatchPolicy(effective_batch(config, manifest), config.max_batch_wait_ms, max_queue=max(config.max_queue, 4 * clients))
     engine = raw_engine.build_engine(config.package, manifest, engine_env(config, device))
     canvases = list(raw_engine.canvases(images.bodies, manifest.canvas))
@@ -74,7 +74,7 @@ def measure(config: BenchConfig, manifest: ModelManifest, images: ImageSet, devi
         with ServerProcess(spec) as server:
             run_load_process(server.port, images.directory, clients, WARM_UP_REQUESTS, TIME_LIMIT_S, 0.0)
             before = server.metrics()
-            for _ in range(config.throughput_rounds):
+            for _ in range(config.throughput.rounds):
                 raw = batcher_throughput(engine, canvases, policy, clients, per_client, thresholds)
                 served = run_load_process(server.port, images.directory, clients, per_client, TIME_LIMIT_S, 0.0)
                 section.rounds.append(ThroughputRound(raw_images_per_s=raw, service=served))

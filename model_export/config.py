@@ -73,6 +73,35 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 16
+    fp16: bool = False  # build from an fp16 graph made from model.onnx
+    workspace_mb: int = 2048
+    graph: Path | None = None  # build from this graph (fp16, or int8 with Q/DQ nodes) instead of model.onnx
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise EngineBuildError(
+                f"the batch profile should satisfy 1 <= min <= opt <= max, got {self.min_batch}:{self.opt_batch}:{self.max_batch}"
+            )
+        if self.fp16 and self.graph is not None:
+            raise EngineBuildError(f"--fp16 makes an fp16 graph from model.onnx; --graph {self.graph} gives one: ask for one of the two")
+        if self.workspace_mb < 1:
+            raise EngineBuildError(f"--workspace-mb should be at least 1, got {self.workspace_mb}")
+
+
+def parse_profile(text: str) -> tuple[int, int, int]:
+    """``MIN:OPT:MAX`` -> (min, opt, max)."""
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise EngineBuildError(f"--batch should be MIN:OPT:MAX, like 1:8:16, got {text!r}")
+    low, opt, high = (int(p) for p in parts)
+    return low, opt, high
+
+
+@dataclass(frozen=True, kw_only=True)
 class QuantizeConfig:
     """The int8 graph (``model_export.quantize``): its calibration, and the accuracy gate it must pass against the float graph."""
 
@@ -113,32 +142,3 @@ class QuantizeConfig:
                 raise CalibrationError(f"{name} should be at least 1, got {getattr(self, name)}")
         if not 0 < self.percentile <= 100:
             raise CalibrationError(f"percentile should be within (0, 100], got {self.percentile}")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 16
-    fp16: bool = False  # build from an fp16 graph made from model.onnx
-    workspace_mb: int = 2048
-    graph: Path | None = None  # build from this graph (fp16, or int8 with Q/DQ nodes) instead of model.onnx
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise EngineBuildError(
-                f"the batch profile should satisfy 1 <= min <= opt <= max, got {self.min_batch}:{self.opt_batch}:{self.max_batch}"
-            )
-        if self.fp16 and self.graph is not None:
-            raise EngineBuildError(f"--fp16 makes an fp16 graph from model.onnx; --graph {self.graph} gives one: ask for one of the two")
-        if self.workspace_mb < 1:
-            raise EngineBuildError(f"--workspace-mb should be at least 1, got {self.workspace_mb}")
-
-
-def parse_profile(text: str) -> tuple[int, int, int]:
-    """``MIN:OPT:MAX`` -> (min, opt, max)."""
-    parts = text.split(":")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise EngineBuildError(f"--batch should be MIN:OPT:MAX, like 1:8:16, got {text!r}")
-    low, opt, high = (int(p) for p in parts)
-    return low, opt, high

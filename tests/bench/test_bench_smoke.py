@@ -55,6 +55,7 @@ def test_quick_run_writes_the_json_the_table_and_the_plots(quick_run: tuple[subp
     runs = [device[name]["run"] for name in ("systems", "service_throughput", "export_speed")]
     assert runs[0] == runs[1] == runs[2], "one run measured every section"
     assert runs[0]["quick"] is True and runs[0]["machine"]["cores"] >= 1 and runs[0]["machine"]["onnxruntime"]
+    assert 0 <= runs[0]["others_cpu_share"] <= 1, "how much of the cores other work took is measured"
     table = (out / "bench.md").read_text()
     for needle in ("| system | clients |", "raw engine (no HTTP)", "naive eager FastAPI", "batching on / naive", "Goals:"):
         assert needle in table, needle

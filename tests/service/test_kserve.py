@@ -17,10 +17,11 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from bench.servers import ServerProcess
 from model_export.synth import generate_image
 from service.main import create_app
 from service.settings import Settings
-from tests.service.helpers import ServerProcess, png_bytes, serving
+from tests.service.helpers import png_bytes, serving, start_service
 
 OUTPUTS = ["num_detections", "boxes", "scores", "labels"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -31,12 +32,6 @@ def server(small_package: Path) -> Iterator[ServerProcess]:
     """One real server for the module; a long batch window so that one request's images share a graph run."""
     with serving(small_package, DETECTOR_MAX_BATCH_WAIT_MS="300") as process:
         yield process
-
-
-@pytest.fixture(scope="module")
-def http(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
@@ -382,7 +377,7 @@ def assert_unready_with_the_same_reason(client: TestClient, words: str) -> None:
 def test_infer_on_the_default_model_equals_detect() -> None:
     """The embedded default model (trained, so busy scenes give real detections) through tritonclient."""
     images = [png_bytes(generate_image(seed=2024, index=index, empty_fraction=0.0)[0]) for index in range(4)]
-    server = ServerProcess({"DETECTOR_INTRA_OP_THREADS": "1"})  # the model comes from the defaults
+    server = start_service({"DETECTOR_INTRA_OP_THREADS": "1"})  # the model comes from the defaults
     try:
         http = server.wait_ready()
         client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}", network_timeout=120)
@@ -392,4 +387,4 @@ def test_infer_on_the_default_model_equals_detect() -> None:
         assert all(expected), "the trained model should find shapes in every busy scene"
         assert_equal_to_detect(result, expected)
     finally:
-        server.stop()
+        server.close()

@@ -172,9 +172,6 @@ class ModelManifest(BaseModel):
                 return graph.file, graph.sha256
         raise PackageError(f"the package has no {precision} graph; it has {', '.join(self.precisions)}")
 
-    def as_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
     def write(self, package: Path) -> Path:
         path = Path(package) / MANIFEST_FILE
         path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")

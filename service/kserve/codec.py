@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from service.detector import ImageDetections
-from service.errors import BodyTooLarge, ServiceError
+from service.errors import BadRequest, BodyTooLarge
 from service.kserve.messages import InferInputTensor, InferOutputTensor, InferParameters, InferRequestBody, InferResponseBody, explain
 from service.manifest import ModelManifest
 
@@ -36,10 +36,8 @@ OUTPUTS: dict[str, tuple[str, list[int], list[int]]] = {
 _LENGTH = struct.Struct("<I")
 
 
-class ProtocolError(ServiceError):
+class ProtocolError(BadRequest):
     """A request that breaks the protocol or this model's signature (the protocol answers 400)."""
-
-    status, title, type = 400, "Bad Request", "/problems/bad-request"
 
 
 @dataclass(frozen=True)

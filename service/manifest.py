@@ -192,6 +192,21 @@ class PackageError(RuntimeError):
     """The model package is missing or unusable; the message names the file."""
 
 
+GraphPort = tuple[str, list[int | None]]  # a graph's input or output as an engine reads it: dtype, shape (None: dynamic)
+
+
+def check_ports(path: Path, kind: str, declared: list[TensorSpec], found: Mapping[str, GraphPort]) -> None:
+    """The graph's inputs or outputs (``found``, by name) must be the manifest's: names, element types and fixed dimensions."""
+    for spec in declared:
+        if spec.name not in found:
+            raise PackageError(f"{path}: the manifest's {kind} {spec.name!r} is not in the graph (it has {sorted(found)})")
+        dtype, shape = found[spec.name]
+        if dtype != spec.dtype or shape != [d if isinstance(d, int) else None for d in spec.shape]:
+            raise PackageError(
+                f"{path}: {kind} {spec.name!r} is {dtype} {shape} in the graph but {spec.dtype} {spec.shape} in the manifest"
+            )
+
+
 def read_manifest(package: Path) -> ModelManifest:
     return ModelManifest.read(package)
 

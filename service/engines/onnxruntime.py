@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.engines.base import GRAPH_OF, BatchOutput, EngineInfo, Precision
-from service.manifest import ModelManifest, PackageError
+from service.manifest import ModelManifest, PackageError, check_ports
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +77,11 @@ ONNX_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int6
 
 def check_signature(session: ort.InferenceSession, manifest: ModelManifest, path: Path) -> None:
     """The graph's inputs and outputs must be the manifest's: names, element types and fixed dimensions."""
-    for kind, declared, actual in (("input", manifest.inputs, session.get_inputs()), ("output", manifest.outputs, session.get_outputs())):
-        found = {node.name: node for node in actual}
-        for spec in declared:
-            node = found.get(spec.name)
-            if node is None:
-                raise PackageError(f"{path}: the manifest's {kind} {spec.name!r} is not in the graph (it has {sorted(found)})")
-            dtype = ONNX_TYPES.get(node.type, node.type)
-            fixed = [d if isinstance(d, int) else None for d in spec.shape]
-            shape = [d if isinstance(d, int) else None for d in node.shape]
-            if dtype != spec.dtype or shape != fixed:
-                raise PackageError(
-                    f"{path}: {kind} {spec.name!r} is {dtype} {node.shape} in the graph but {spec.dtype} {spec.shape} in the manifest"
-                )
+    for kind, declared, nodes in (("input", manifest.inputs, session.get_inputs()), ("output", manifest.outputs, session.get_outputs())):
+        found = {
+            node.name: (ONNX_TYPES.get(node.type, node.type), [d if isinstance(d, int) else None for d in node.shape]) for node in nodes
+        }
+        check_ports(path, kind, declared, found)
 
 
 class OnnxRuntimeEngine:

@@ -39,7 +39,7 @@ import numpy as np
 import openvino as ov
 
 from service.engines.base import GRAPH_OF, BatchOutput, EngineInfo, Precision
-from service.manifest import ModelManifest, PackageError, TensorSpec
+from service.manifest import GraphPort, ModelManifest, PackageError, check_ports
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +75,13 @@ def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
     return None if flags is None else bool(VNNI_FLAGS & set(flags))
 
 
-def check_ports(kind: str, declared: list[TensorSpec], ports: list[ov.Output], path: Path) -> None:
-    """The graph's inputs or outputs must be the manifest's: names, element types and fixed dimensions."""
-    found = {name: port for port in ports for name in port.get_names()}
-    for spec in declared:
-        port = found.get(spec.name)
-        if port is None:
-            raise PackageError(f"{path}: the manifest's {kind} {spec.name!r} is not in the graph (it has {sorted(found)})")
-        dtype = str(port.get_element_type().to_dtype())
-        shape = [dim.get_length() if dim.is_static else None for dim in port.get_partial_shape()]
-        fixed = [d if isinstance(d, int) else None for d in spec.shape]
-        if dtype != spec.dtype or shape != fixed:
-            raise PackageError(
-                f"{path}: {kind} {spec.name!r} is {dtype} {shape} in the graph but {spec.dtype} {spec.shape} in the manifest"
-            )
+def _ports(ports: list[ov.Output]) -> dict[str, GraphPort]:
+    """OpenVINO's ports by each of their names: element type and shape (None for a dynamic dimension)."""
+    return {
+        name: (str(port.get_element_type().to_dtype()), [dim.get_length() if dim.is_static else None for dim in port.get_partial_shape()])
+        for port in ports
+        for name in port.get_names()
+    }
 
 
 def read_graph(core: ov.Core, path: Path, manifest: ModelManifest) -> ov.Model:
@@ -97,8 +90,8 @@ def read_graph(core: ov.Core, path: Path, manifest: ModelManifest) -> ov.Model:
         model = core.read_model(str(path))
     except RuntimeError as error:  # OpenVINO's ONNX frontend raises RuntimeError for any file it cannot convert
         raise PackageError(f"{path}: OpenVINO cannot read this graph (an int8 graph must be Q/DQ, not QOperator): {error}") from error
-    check_ports("input", manifest.inputs, model.inputs, path)
-    check_ports("output", manifest.outputs, model.outputs, path)
+    check_ports(path, "input", manifest.inputs, _ports(model.inputs))
+    check_ports(path, "output", manifest.outputs, _ports(model.outputs))
     images = model.input("images").get_partial_shape()
     images[0] = ov.Dimension(1, manifest.max_batch)
     model.reshape({"images": images})

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make gpu-check: on a GPU host, after `make setup`. Installs the GPU extras into the venv, builds an fp16 TensorRT engine
-# of the default model, runs the gpu-marked tests and a short GPU benchmark; results in bench/results/gpu/.
+# make gpu-check: on a GPU host, after `make setup`. Installs the GPU extras into the venv, builds the fp16 and int8 TensorRT
+# engines of the default model, runs the gpu-marked tests and a short GPU benchmark; results in bench/results/gpu/.
 # The whole run is held to 8 minutes; on a host without an NVIDIA GPU it stops at once and says why.
 #
 #     bench/gpu-check.sh [VENV]
@@ -48,6 +48,7 @@ step "install GPU extras" install_gpu_extras
 rm -rf "$WORK/package"
 cp -r models/default/package "$WORK/package"
 step "build fp16 engine" "$PY" -m model_export build-engine --package "$WORK/package" --fp16 --batch 1:8:16
+step "build int8 engine" "$PY" -m model_export build-engine --package "$WORK/package" --int8 --batch 1:8:16
 tests=0
 step "gpu tests" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests || tests=$?
 step "benchmark" "$PY" -m bench.gpu_check bench --package "$WORK/package" --out "$OUT" --steps "$WORK/steps.txt"

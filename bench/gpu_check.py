@@ -1,4 +1,5 @@
-"""``make gpu-check``'s measurements: the engines on the GPU at batch 1 and 8, and the service at 16 clients against the
+"""``make gpu-check``'s measurements: the engines on the GPU at batch 1 and 8 (ONNX Runtime's CUDA provider; its TensorRT
+provider at fp32, fp16 and int8; the package's fp16 and int8 TensorRT engines), and the service at 16 clients against the
 raw engine behind the same batcher; a few seconds each. Writes gpu_check.json and gpu_check.md into --out.
 
     python -m bench.gpu_check bench --package runs/gpu-check/package [--out bench/results/gpu] [--seconds 3]
@@ -30,8 +31,9 @@ from bench.machine import describe
 from bench.raw_engine import build_engine, canvases, measure
 from bench.servers import REPO
 from service.engines import Engine
+from service.engines.engine_manifest import Precision as TensorRTPrecision
 from service.gpu import gpu_names, gpu_problem
-from service.manifest import read_manifest
+from service.manifest import ModelManifest, read_manifest
 
 RESULTS = REPO / "bench" / "results" / "gpu"
 BATCHES = (1, 8)
@@ -46,10 +48,14 @@ class Configuration:
     name: str
     label: str
     env: dict[str, str]  # the DETECTOR_* settings that choose the engine, as the service reads them
+    # The package's TensorRT engine of this precision: DETECTOR_PRECISION has no fp16 (auto takes the most reduced engine
+    # built, int8 here), so these are opened by precision, as the factory opens the one it chooses.
+    tensorrt_precision: TensorRTPrecision | None = None
 
 
 def configurations(package: Path) -> list[Configuration]:
-    trt_cache = str(package / "ort-trt-cache")
+    ort_tensorrt = {"DETECTOR_ENGINE": "onnxruntime", "DETECTOR_PROVIDERS": "tensorrt,cuda,cpu"}
+    trt_cache = str(package / "ort-trt-cache")  # one engine cache: the provider names each engine by its graph and precision
     return [
         Configuration(
             "ort-cuda", "ONNX Runtime, CUDA provider (fp32 graph)", {"DETECTOR_ENGINE": "onnxruntime", "DETECTOR_PROVIDERS": "cuda,cpu"}
@@ -57,10 +63,29 @@ def configurations(package: Path) -> list[Configuration]:
         Configuration(
             "ort-tensorrt",
             "ONNX Runtime, TensorRT provider (fp32 graph; NMS, RoiAlign on CUDA)",
-            {"DETECTOR_ENGINE": "onnxruntime", "DETECTOR_PROVIDERS": "tensorrt,cuda,cpu", "DETECTOR_TRT_CACHE_DIR": trt_cache},
+            ort_tensorrt | {"DETECTOR_TRT_CACHE_DIR": trt_cache},
         ),
-        Configuration("tensorrt", "TensorRT engine (the package's fp16 engine, whole graph)", {"DETECTOR_ENGINE": "tensorrt"}),
+        Configuration(
+            "ort-tensorrt-fp16",
+            "ONNX Runtime, TensorRT provider (fp32 graph, trt_fp16)",
+            ort_tensorrt | {"DETECTOR_TRT_CACHE_DIR": trt_cache, "DETECTOR_TRT_FP16": "true"},
+        ),
+        Configuration(
+            "ort-tensorrt-int8",
+            "ONNX Runtime, TensorRT provider (int8 Q/DQ graph)",
+            ort_tensorrt | {"DETECTOR_TRT_CACHE_DIR": trt_cache, "DETECTOR_PRECISION": "int8"},
+        ),
+        Configuration("tensorrt-fp16", "TensorRT engine (fp16, whole graph)", {"DETECTOR_ENGINE": "tensorrt"}, "fp16"),
+        Configuration("tensorrt-int8", "TensorRT engine (int8 Q/DQ graph, whole graph)", {"DETECTOR_ENGINE": "tensorrt"}, "int8"),
     ]
+
+
+def open_engine(package: Path, manifest: ModelManifest, config: Configuration) -> Engine:
+    if config.tensorrt_precision is None:
+        return build_engine(package, manifest, config.env)
+    from service.engines.tensorrt import TensorRTEngine
+
+    return TensorRTEngine(package, manifest, config.tensorrt_precision)
 
 
 def timed_runs(engine: Engine, images: np.ndarray, batch: int, seconds: float, thresholds: tuple[float, float]) -> dict[str, Any]:
@@ -77,7 +102,7 @@ def measure_configuration(package: Path, name: str, seconds: float) -> dict[str,
     manifest = read_manifest(package)
     with tempfile.TemporaryDirectory() as scratch:
         images = canvases(write_images(Path(scratch), IMAGE_COUNT).bodies, manifest.canvas)
-    engine = build_engine(package, manifest, config.env)
+    engine = open_engine(package, manifest, config)
     thresholds = (manifest.score_threshold, manifest.iou_threshold)
     rows = [timed_runs(engine, images, batch, seconds, thresholds) for batch in BATCHES if batch <= engine.max_batch]
     return {"name": name, "label": config.label, "status": "measured", "engine": engine.describe().model_dump(mode="json"), "rows": rows}
@@ -139,7 +164,8 @@ def markdown(result: dict[str, Any]) -> str:
             latency = row["batch_latency_ms"]
             lines.append(f"| {config['label']} | {row['batch']} | {row['images_per_s']} | {latency['p50']} | {latency['p99']} |")
     service = ServiceThroughputSection.model_validate(result["service"])
-    lines += ["", f"## The service at {service.clients} clients against the raw engine (TensorRT engine, same batcher)", ""]
+    engine = f"TensorRT {service.engine.precision} engine"
+    lines += ["", f"## The service at {service.clients} clients against the raw engine ({engine}, same batcher)", ""]
     lines += report.throughput_section(service)
     lines += [
         "",
@@ -165,7 +191,9 @@ def run_bench(args: argparse.Namespace) -> int:
     (args.out / "gpu_check.md").write_text(markdown(result))
     print(markdown(result))
     measured = [config for config in raw if config["status"] == "measured"]
-    return 0 if any(config["name"] == "tensorrt" for config in measured) and service.error is None else 1
+    # The TensorRT provider may not start (it needs TensorRT 10's libraries, see service.engines.onnxruntime): reported, not fatal.
+    engines_measured = {"tensorrt-fp16", "tensorrt-int8"} <= {config["name"] for config in measured}
+    return 0 if engines_measured and service.error is None else 1
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -174,7 +202,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser("bench", help="measure every configuration and the service; write the results")
-    bench.add_argument("--package", type=Path, required=True, help="a package with a TensorRT engine for this GPU (build-engine --fp16)")
+    bench.add_argument(
+        "--package",
+        type=Path,
+        required=True,
+        help="a package with fp16 and int8 TensorRT engines for this GPU (build-engine --fp16, --int8)",
+    )
     bench.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: %(default)s)")
     bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per configuration and batch size (default 3)")
     bench.add_argument("--requests", type=int, default=40, help="requests per client for the service and the raw engine (default 40)")

@@ -220,12 +220,15 @@ def _add_build_engine(commands: argparse._SubParsersAction) -> None:
         "build-engine",
         help="build a TensorRT engine for this GPU into a package",
         description="TensorRT 11 builds strongly typed networks: the engine's precision is the graph's. "
-        "--fp16 first converts model.onnx to an fp16 graph (model.fp16.onnx, on the CPU); --graph builds another graph made from it.",
+        "--fp16 first converts model.onnx to an fp16 graph (model.fp16.onnx, on the CPU); --int8 builds the package's int8 "
+        "Q/DQ graph (model_export quantize makes it); --graph builds another graph made from model.onnx.",
     )
     parser.add_argument("--package", type=Path, required=True, help="model package directory")
     precision = parser.add_mutually_exclusive_group()
     fp16_help = "build from an fp16 graph made from model.onnx (box decoding, TopK, NMS, RoiAlign stay fp32)"
     config_option(precision, EngineConfig, "--fp16", fp16_help, action="store_true")
+    int8_help = "build from the package's int8 Q/DQ graph, checked against its manifest (make one: model_export quantize)"
+    config_option(precision, EngineConfig, "--int8", int8_help, action="store_true")
     graph_help = "build from this graph instead (fp16, or int8 with Q/DQ nodes), made from model.onnx"
     config_option(precision, EngineConfig, "--graph", graph_help, type=Path)
     profile = f"{EngineConfig.min_batch}:{EngineConfig.opt_batch}:{EngineConfig.max_batch}"

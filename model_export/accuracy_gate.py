@@ -19,7 +19,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,8 +30,8 @@ from model_export.config import QuantizeConfig
 from model_export.detections import BatchPredictor, Detections
 from model_export.evaluate import coco_metrics, evaluate
 from model_export.package import OnnxPredictor
-from model_export.parity import box_iou
-from service.manifest import AccuracyGate
+from service.agreement import found_again
+from service.manifest import AccuracyGate, ModelManifest
 
 
 @dataclass
@@ -51,29 +51,49 @@ def measure_accuracy(float_package: Path, reduced_package: Path, images: ImageSe
     """The gate's figures of the graph of ``reduced_package`` against that of ``float_package`` (same canvas and classes)."""
     graphs = [OnnxPredictor(Path(package), config.map_score_threshold) for package in (float_package, reduced_package)]
     manifest = graphs[0].manifest
+    if images.dataset is None:
+        detections: list[list[Detections]] = [[], []]
+        for canvases in images.batches(manifest.canvas, config.batch_size):
+            for found, graph in zip(detections, graphs, strict=True):
+                found += graph(canvases)
+        return gate_against_float_detections(detections[0], detections[1], manifest, config, images.root)
     with tempfile.TemporaryDirectory(prefix="accuracy-gate-") as scratch:
-        if images.dataset is not None:
-            dataset = _annotations_of(images.dataset, Path(scratch))
-            recorders = [_Recorder(graph) for graph in graphs]
-            maps = [evaluate(r, dataset, manifest.canvas, config.batch_size, manifest.categories).map for r in recorders]
-            detections = [recorder.outputs for recorder in recorders]
-        else:
-            detections = [[], []]
-            for canvases in images.batches(manifest.canvas, config.batch_size):
-                for found, graph in zip(detections, graphs, strict=True):
-                    found += graph(canvases)
-            truth = _float_detections_as_truth(detections[0], manifest.categories, manifest.canvas, config.match_score, Path(scratch))
-            maps = [coco_metrics(truth, _results(found, config.map_score_threshold)).map50 for found in detections]
-    recall, base = found_again(detections[0], detections[1], config.match_score, config.match_iou)
+        dataset = _annotations_of(images.dataset, Path(scratch))
+        recorders = [_Recorder(graph) for graph in graphs]
+        maps = [evaluate(r, dataset, manifest.canvas, config.batch_size, manifest.categories).map for r in recorders]
+    float_found, found = (recorder.outputs for recorder in recorders)
+    return _gate_figures(float_found, found, (maps[0], maps[1]), config, images.root, reference="annotations")
+
+
+def gate_against_float_detections(
+    float_found: list[Detections], found: list[Detections], manifest: ModelManifest, config: QuantizeConfig, where: Path | str
+) -> AccuracyGate:
+    """The gate's figures on images without annotations: mAP@.5 of each side against the float graph's detections at
+    ``match_score``, and the share of those found again. ``where`` names the images in an error."""
+    with tempfile.TemporaryDirectory(prefix="accuracy-gate-") as scratch:
+        truth = _float_detections_as_truth(float_found, manifest.categories, manifest.canvas, config.match_score, Path(scratch))
+        maps = [coco_metrics(truth, _results(side, config.map_score_threshold)).map50 for side in (float_found, found)]
+    return _gate_figures(float_found, found, (maps[0], maps[1]), config, where, reference="float_detections")
+
+
+def _gate_figures(
+    float_found: list[Detections],
+    found: list[Detections],
+    maps: tuple[float, float],
+    config: QuantizeConfig,
+    where: Path | str,
+    reference: Literal["annotations", "float_detections"],
+) -> AccuracyGate:
+    recall, base = found_again(float_found, found, config.match_score, config.match_iou)
     if base == 0:
         raise CalibrationError(
-            f"{images.root}: on its {len(images)} validation images the float graph detects nothing at score >= "
+            f"{where}: on its {len(found)} validation images the float graph detects nothing at score >= "
             f"{config.match_score:g}, so the gate has nothing to compare; validate on images with objects the model finds"
         )
     return AccuracyGate(
-        val_images=len(images),
-        reference="annotations" if images.dataset is not None else "float_detections",
-        metric="mAP@[.5:.95]" if images.dataset is not None else "mAP@.5",
+        val_images=len(found),
+        reference=reference,
+        metric="mAP@[.5:.95]" if reference == "annotations" else "mAP@.5",
         float_map=round(maps[0], 6),
         map=round(maps[1], 6),
         map_drop=round(maps[0] - maps[1], 6),
@@ -84,20 +104,6 @@ def measure_accuracy(float_package: Path, reduced_package: Path, images: ImageSe
         match_score=config.match_score,
         match_iou=config.match_iou,
     )
-
-
-def found_again(reference: list[Detections], candidate: list[Detections], score: float, min_iou: float) -> tuple[float, int]:
-    """(share found, how many): the reference's detections at ``score`` that a candidate detection at ``score`` of the
-    same label overlaps with IoU >= ``min_iou``, image by image."""
-    found = total = 0
-    for ref, got in zip(reference, candidate, strict=True):
-        ref_keep, got_keep = ref.scores >= score, got.scores >= score
-        total += int(ref_keep.sum())
-        if ref_keep.any() and got_keep.any():
-            iou = box_iou(ref.boxes[ref_keep], got.boxes[got_keep])
-            same = ref.labels[ref_keep][:, None] == got.labels[got_keep][None, :]
-            found += int(((iou >= min_iou) & same).any(axis=1).sum())
-    return (found / total if total else 0.0), total
 
 
 def gate_misses(gate: AccuracyGate) -> list[str]:

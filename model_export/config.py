@@ -78,6 +78,7 @@ class EngineConfig:
     opt_batch: int = 8
     max_batch: int = 16
     fp16: bool = False  # build from an fp16 graph made from model.onnx
+    int8: bool = False  # build from the package's int8 (Q/DQ) graph, the one its manifest lists
     workspace_mb: int = 2048
     graph: Path | None = None  # build from this graph (fp16, or int8 with Q/DQ nodes) instead of model.onnx
 
@@ -86,8 +87,14 @@ class EngineConfig:
             raise EngineBuildError(
                 f"the batch profile should satisfy 1 <= min <= opt <= max, got {self.min_batch}:{self.opt_batch}:{self.max_batch}"
             )
-        if self.fp16 and self.graph is not None:
-            raise EngineBuildError(f"--fp16 makes an fp16 graph from model.onnx; --graph {self.graph} gives one: ask for one of the two")
+        # Each of the three names the one graph TensorRT parses, whose precision is the engine's: two would contradict.
+        asked = {"--fp16": self.fp16, "--int8": self.int8, f"--graph {self.graph}": self.graph is not None}
+        sources = [option for option, given in asked.items() if given]
+        if len(sources) > 1:
+            raise EngineBuildError(
+                f"{' and '.join(sources)} each choose the graph the engine is built from (--fp16: one made from model.onnx, "
+                "--int8: the package's int8 graph, --graph: this file): ask for one of them"
+            )
         if self.workspace_mb < 1:
             raise EngineBuildError(f"--workspace-mb should be at least 1, got {self.workspace_mb}")
 
@@ -126,6 +133,9 @@ class QuantizeConfig:
     percentile: float = 99.999
     max_image_pixels: int = 40_000_000  # a larger image is unreadable, as the service's default DETECTOR_MAX_IMAGE_PIXELS has it
     batch_size: int = 8  # validation batches
+    # Validation canvases written into the package, on which the service checks the int8 graph on its own machine
+    # (DETECTOR_PRECISION=auto): enough detections to measure recall, few enough to start in seconds.
+    probe_images: int = 32
 
     def __post_init__(self) -> None:
         for name in ("min_recall", "match_score", "match_iou", "map_score_threshold"):

@@ -4,9 +4,16 @@ TensorRT 11 networks are strongly typed: every tensor's type comes from the
 graph, and the weak-typing builder flags (FP16, INT8, BF16, the precision
 constraints, the INT8 calibrator) are gone. The engine's precision is therefore
 the graph's: the package's float32 ``model.onnx``; the fp16 graph that ``--fp16``
-makes from it on the CPU (``model_export.precision``); or a graph given with
-``--graph``, made from ``model.onnx`` by another tool (an fp16 graph, or an int8
-one with Q/DQ nodes).
+makes from it on the CPU (``model_export.precision``); with ``--int8`` the
+package's int8 graph (``model.int8.onnx``, the one its manifest lists, checked by
+its SHA-256), whose Q/DQ nodes carry the scales: TensorRT reads int8 from them
+(explicit quantization), with no INT8 flag and no calibration; or a graph given
+with ``--graph``, made from ``model.onnx`` by another tool (an fp16 graph, or an
+int8 one with Q/DQ nodes).
+
+What the build asks of the package (its manifest, the profile against the graph's
+max batch, the graphs' hashes, an int8 graph for ``--int8``) is checked before
+TensorRT is imported: a wrong package is told so on any host, GPU or not.
 
 The engine covers the whole graph (NonMaxSuppression and RoiAlign are native
 layers), with one optimization profile over the batch. It is written into the
@@ -33,12 +40,36 @@ MIN_TENSORRT_MAJOR = 11
 FP16_GRAPH_FILE = "model.fp16.onnx"
 
 
-def source_graph(package: Path, config: EngineConfig) -> Path:
-    """The graph TensorRT parses: --graph, the fp16 graph made from model.onnx (written into the package), or model.onnx."""
+def int8_graph(package: Path, manifest: ModelManifest) -> Path:
+    """The package's int8 Q/DQ graph, if it is the very file its manifest lists (same SHA-256)."""
+    if "int8" not in manifest.precisions:
+        raise EngineBuildError(
+            f"{package}: the package has no int8 graph (it has {', '.join(manifest.precisions)}); make one with "
+            f"`python -m model_export quantize --package {package} --calibration IMAGES`, then build with --int8"
+        )
+    return verify_graph_file(package, manifest, "int8")
+
+
+def check_package(package: Path, config: EngineConfig) -> ModelManifest:
+    """What the build needs of the package, checked on the CPU before TensorRT is imported; returns its manifest."""
+    manifest = read_manifest(package)
+    if config.max_batch > manifest.max_batch:
+        raise EngineBuildError(f"the profile's max batch {config.max_batch} exceeds the graph's max_batch {manifest.max_batch}")
+    verify_graph_file(package, manifest)  # the engine's manifest names this model.onnx by its hash: it must be the one
+    if config.int8:
+        int8_graph(package, manifest)
+    if config.graph is not None and not config.graph.is_file():
+        raise EngineBuildError(f"--graph {config.graph}: no such file")
+    return manifest
+
+
+def source_graph(package: Path, manifest: ModelManifest, config: EngineConfig) -> Path:
+    """The graph TensorRT parses: --graph, the package's int8 graph, the fp16 graph made from model.onnx (written into
+    the package), or model.onnx."""
     if config.graph is not None:
-        if not config.graph.is_file():
-            raise EngineBuildError(f"--graph {config.graph}: no such file")
         return config.graph
+    if config.int8:
+        return int8_graph(package, manifest)
     if config.fp16:
         try:
             return write_fp16_graph(package / ONNX_FILE, package / FP16_GRAPH_FILE)
@@ -78,15 +109,12 @@ def _import_tensorrt() -> Any:
 
 def build_engine(package: Path, config: EngineConfig, progress: Callable[[str], None] = lambda _: None) -> Path:
     """Builds the engine into the package; returns its path. Raises EngineBuildError with every parser error."""
+    package = Path(package)
+    manifest = check_package(package, config)
     trt = _import_tensorrt()
     from service.engines.cuda import device_name
 
-    package = Path(package)
-    manifest = read_manifest(package)
-    if config.max_batch > manifest.max_batch:
-        raise EngineBuildError(f"the profile's max batch {config.max_batch} exceeds the graph's max_batch {manifest.max_batch}")
-    verify_graph_file(package, manifest)  # the engine's manifest names this model.onnx by its hash: it must be the one
-    graph_path = source_graph(package, config)
+    graph_path = source_graph(package, manifest, config)
     model = onnx.load(str(graph_path))
     check_graph_io(model, manifest, graph_path)
     gpu, precision = device_name(), graph_precision(model)

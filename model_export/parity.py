@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model_export.detections import Detections
+from service.agreement import box_iou
 
 
 @dataclass
@@ -47,17 +48,6 @@ class ParityReport:
             "max_score_delta": float(self.max_score_delta),
             "min_iou": float(self.min_iou),
         }
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a (ndarray[N, 4]), b (ndarray[M, 4]): x1, y1, x2, y2 -> IoU (ndarray[N, M])."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def _decided_by_noise(detections: Detections, score_threshold: float, cap: int, tolerance: float) -> np.ndarray:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from PIL import Image
 
 from model_export.accuracy_gate import check_gate, measure_accuracy
 from model_export.calibration import ImageSet
@@ -44,6 +45,7 @@ from model_export.qdq_graph import QUANTIZED_OPS, first_conv, float_readers_read
 from service.manifest import MANIFEST_FILE, GraphFile, ModelManifest, read_manifest, sha256_of, verify_graph_file
 
 INT8_GRAPH_FILE = "model.int8.onnx"
+PROBE_DIR = "probe"  # the probe images' folder in the package
 Progress = Callable[[str], None]
 
 
@@ -75,12 +77,25 @@ def add_int8_graph(
         check_gate(gate, "int8", package)
         entry = GraphFile(file=INT8_GRAPH_FILE, precision="int8", sha256=sha256_of(candidate), accuracy=gate, quantization=made)
         graphs = [graph for graph in manifest.graphs if graph.precision != "int8"] + [entry]
-        manifest.model_copy(update={"graphs": graphs}).write(staging)
+        probe = write_probe_images(staging / PROBE_DIR, val.spread(config.probe_images), manifest.canvas)
+        manifest.model_copy(update={"graphs": graphs, "probe_images": [f"{PROBE_DIR}/{name}" for name in probe]}).write(staging)
         candidate.replace(package / INT8_GRAPH_FILE)
+        shutil.rmtree(package / PROBE_DIR, ignore_errors=True)
+        (staging / PROBE_DIR).replace(package / PROBE_DIR)
         (staging / MANIFEST_FILE).replace(package / MANIFEST_FILE)
         return entry
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_probe_images(folder: Path, images: ImageSet, canvas: tuple[int, int]) -> list[str]:
+    """The images letterboxed onto the canvas, as JPEGs (both sides of the service's check read the same decoded pixels)."""
+    folder.mkdir()
+    names = []
+    for index in range(len(images)):
+        names.append(f"{index:03d}.jpg")
+        Image.fromarray(images.canvas(index, canvas)).save(folder / names[-1], quality=95)
+    return names
 
 
 class _Canvases(CalibrationDataReader):

@@ -34,7 +34,7 @@ class DrainingServer(uvicorn.Server):
 
 def check_runtime(settings: Settings) -> None:
     """Settings that only this machine can refuse: execution providers its onnxruntime lacks."""
-    if settings.engine == "onnxruntime":
+    if settings.engine in ("auto", "onnxruntime"):
         import onnxruntime
 
         from service.engines.onnxruntime import choose_providers

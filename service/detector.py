@@ -12,10 +12,11 @@ import numpy as np
 
 from service.batcher import BatchPolicy, BatchResult, DynamicBatcher
 from service.decode import decode_image
-from service.engines import Engine, create_engine, package_graph
+from service.engines import Engine, create_engine
+from service.engines.choice import EngineChoice, choose_engine
 from service.errors import DeadlineExceeded, NotReady, ServiceError
 from service.letterbox import Letterbox, fit_scale, letterbox
-from service.manifest import ModelManifest, read_manifest, verify_graph_file
+from service.manifest import ModelManifest, read_manifest
 from service.metrics import Metrics
 from service.options import DetectParams
 from service.schemas import ModelDescription, Runtime
@@ -48,10 +49,11 @@ class ImageDetections:
 class Detector:
     """Owns the engine, the batcher and the decode threads; built and closed by the app's lifespan."""
 
-    def __init__(self, settings: Settings, manifest: ModelManifest, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, manifest: ModelManifest, engine: Engine, choice: EngineChoice, metrics: Metrics) -> None:
         self.settings = settings
         self.manifest = manifest
         self.engine = engine
+        self.choice = choice
         self.metrics = metrics
         self.batcher = DynamicBatcher(engine, BatchPolicy(settings.max_batch_size, settings.max_batch_wait_ms, settings.max_queue), metrics)
         self._decoders = concurrent.futures.ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
@@ -65,9 +67,9 @@ class Detector:
     def load(cls, settings: Settings, metrics: Metrics) -> Detector:
         """Reads the package and builds the engine (slow: call it off the event loop)."""
         manifest = read_manifest(settings.model_dir)
-        verify_graph_file(settings.model_dir, manifest, package_graph(settings))
-        engine = create_engine(settings, manifest)
-        return cls(settings, manifest, engine, metrics)
+        engine, choice = choose_engine(settings, manifest, build=create_engine)
+        log.info("engine chosen", extra={"engine": choice.engine, "precision": choice.precision, "by": choice.by, "reason": choice.reason})
+        return cls(settings, manifest, engine, choice, metrics)
 
     async def start(self) -> None:
         """Starts the batcher, runs a warm-up batch, then reports ready."""
@@ -129,6 +131,7 @@ class Detector:
             max_batch_wait_ms=self.settings.max_batch_wait_ms,
             max_queue=self.settings.max_queue,
             request_timeout_s=self.settings.request_timeout_s,
+            choice=self.choice,
         )
 
     def describe(self) -> ModelDescription:

@@ -132,6 +132,11 @@ class ModelManifest(BaseModel):
     onnx_file: str = ONNX_FILE  # the float (fp32) graph
     onnx_sha256: str
     graphs: list[GraphFile] = Field(default_factory=list, description="reduced-precision graphs beside the float one, each passed its gate")
+    probe_images: list[str] = Field(
+        default_factory=list,
+        description="validation canvases (JPEG, canvas-sized, paths in the package) on which the service checks a reduced "
+        "precision on its own machine before it chooses one (DETECTOR_PRECISION=auto)",
+    )
     # How the graph was made: written by the export, shown by the service, checked by neither.
     opset: int | None = None
     parity: ParityFigures | None = None

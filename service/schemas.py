@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from service.engines.base import EngineInfo
+from service.engines.choice import EngineChoice
 from service.manifest import ModelManifest
 
 
@@ -56,6 +57,7 @@ class Runtime(EngineInfo):
     max_batch_wait_ms: float
     max_queue: int
     request_timeout_s: float
+    choice: EngineChoice = Field(description="how the engine and precision were chosen: by the settings, or tried on this machine (auto)")
 
 
 class ModelDescription(BaseModel):

@@ -25,11 +25,14 @@ class Settings(BaseSettings):
 
     # The model
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="model package directory (model.onnx + model.json)")
-    engine: Literal["onnxruntime", "tensorrt", "openvino"] = "onnxruntime"
+    engine: Literal["auto", "onnxruntime", "tensorrt", "openvino"] = Field(
+        "auto", description="auto: onnxruntime, or openvino where it runs the chosen precision faster on this CPU"
+    )
     precision: PrecisionSetting = Field(
         "auto",
-        description="f32 and bf16 (openvino only) run the package's float graph, int8 its int8 graph; "
-        "auto: the float graph (onnxruntime, openvino), the most reduced engine built (tensorrt)",
+        description="f32 and bf16 (openvino) run the package's float graph, int8 its int8 graph; auto: the fastest precision "
+        "that keeps the model's accuracy on this machine, checked at start on the package's probe images "
+        "(the float graph where nothing reduced is faster or accurate enough; tensorrt: the most reduced engine built)",
     )
     providers: str = Field("auto", description="'auto' (TensorRT, CUDA, CPU: what onnxruntime offers) or a list like 'cuda,cpu'")
     intra_op_threads: int = Field(0, ge=0, description="threads per inference (ONNX Runtime's intra-op, OpenVINO's); 0 lets it choose")
@@ -86,7 +89,7 @@ class Settings(BaseSettings):
         engine, package = info.data.get("engine"), info.data.get("model_dir")
         if value == "auto" or engine is None:
             return value
-        if value == "bf16" and engine != "openvino":
+        if value == "bf16" and engine not in ("auto", "openvino"):
             raise ValueError(f"bf16 is run by the openvino engine only (DETECTOR_ENGINE=openvino); {engine} runs f32 or int8")
         if engine == "tensorrt" or package is None:
             return value

@@ -161,6 +161,14 @@ MUTANTS: tuple[Mutant, ...] = (
         replacement="return deadline_s is not None",
         tests=("tests/service/test_fuzz.py::test_a_504_is_excused_only_by_the_request_own_deadline_passing",),
     ),
+    Mutant(
+        name="auto-serves-a-precision-that-loses-detections",
+        breaks="DETECTOR_PRECISION=auto serves a reduced precision only if it finds again the float graph's detections here",
+        file="service/engines/choice.py",
+        original="    if recall < needed:",
+        replacement="    if recall < 0:",
+        tests=("tests/service/test_engine_choice.py::test_a_candidate_that_loses_detections_is_refused_and_the_float_graph_served",),
+    ),
 )
 
 

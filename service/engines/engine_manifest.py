@@ -84,7 +84,7 @@ def find_engine(package: Path, gpu: str, onnx_sha256: str, precision: Precision 
             if info.precision == kind:
                 return package / info.engine_file, info
     built = ", ".join(f"{info.gpu} {info.precision}" for info in found) or "none"
-    rebuild = f"python -m model_export build-engine --package {package}" + (" --fp16" if precision == "fp16" else "")
+    rebuild = f"python -m model_export build-engine --package {package}" + (f" --{precision}" if precision in ("fp16", "int8") else "")
     if here and not current:
         raise PackageError(f"{package}: the TensorRT engines for {gpu} were built from another model.onnx; rebuild: {rebuild}")
     asked = f"{precision} " if precision else ""

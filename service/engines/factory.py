@@ -1,5 +1,6 @@
-"""Builds the engine the settings ask for. Each engine's runtime is imported only when that engine is chosen:
-the service starts without TensorRT or OpenVINO installed when it does not use them."""
+"""Builds the engine a configuration names. Each engine's runtime is imported only when that engine is built:
+the service starts without TensorRT or OpenVINO installed when it does not use them. ``service.engines.choice``
+decides which configuration to build where the settings leave it to auto."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from service.engines.base import GRAPH_OF, Engine, Precision
 from service.engines.engine_manifest import Precision as TensorRTPrecision
-from service.manifest import GraphPrecision, ModelManifest
+from service.manifest import GraphPrecision, ModelManifest, verify_graph_file
 
 if TYPE_CHECKING:  # service.settings imports service.engines.base: a runtime import here would be circular
     from service.settings import Settings
@@ -17,7 +18,7 @@ TENSORRT_PRECISION: dict[str, TensorRTPrecision | None] = {"auto": None, "f32": 
 
 
 def engine_precision(settings: Settings) -> Precision:
-    """What ONNX Runtime or OpenVINO computes in: DETECTOR_PRECISION, with auto resolved (today f32, the float graph)."""
+    """What ONNX Runtime or OpenVINO computes in: DETECTOR_PRECISION, auto read as f32 (the float graph)."""
     return "f32" if settings.precision == "auto" else settings.precision
 
 
@@ -28,6 +29,9 @@ def package_graph(settings: Settings) -> GraphPrecision:
 
 
 def create_engine(settings: Settings, manifest: ModelManifest) -> Engine:
+    """The engine of ``settings.engine`` and ``settings.precision``, on the package's verified graph. Left to auto, they
+    read as ONNX Runtime and f32 here: ``choice.choose_engine`` is what resolves auto."""
+    verify_graph_file(settings.model_dir, manifest, package_graph(settings))
     if settings.engine == "tensorrt":
         from service.engines.tensorrt import TensorRTEngine
 

@@ -34,15 +34,25 @@ def choose_providers(asked: Sequence[str] | None, available: list[str]) -> list[
     return [PROVIDER_NAMES[name] for name in asked]
 
 
-def provider_options(provider: str, fp16: bool, cache_dir: Path | None) -> dict[str, Any]:
+def provider_options(provider: str, fp16: bool, cache_dir: Path | None, *, int8: bool = False) -> dict[str, Any]:
     """ONNX Runtime's options for one execution provider: the TensorRT provider's precision and engine cache; none for the others.
 
-    ``trt_fp16_enable`` lets the TensorRT provider pick fp16 kernels for a float32 graph; it is TensorRT's weak typing,
-    so it only has an effect with a TensorRT before 11 (what onnxruntime-gpu 1.31.1's provider links: libnvinfer.so.10).
+    The TensorRT that the provider links is TensorRT 10, not the TensorRT 11 of ``build-engine`` and the tensorrt engine:
+    onnxruntime-gpu 1.31.1's ``libonnxruntime_providers_tensorrt.so`` needs ``libnvinfer.so.10`` and
+    ``libnvonnxparser.so.10`` (with CUDA 13's ``libcudart.so.13`` and cuDNN 9), which must be on the loader's path.
+    TensorRT 10 builds weakly typed networks, so the precision is the builder's flags:
+
+    * ``trt_fp16_enable`` (``fp16``, DETECTOR_TRT_FP16) lets TensorRT pick fp16 kernels for float32 layers;
+    * ``trt_int8_enable`` (``int8``: the session runs the package's int8 Q/DQ graph) sets the INT8 flag, without which
+      TensorRT 10 refuses a network with Q/DQ layers. No calibration table is named, so the provider reads none
+      and TensorRT takes each scale from the graph's Q/DQ nodes (explicit quantization). With fp16 too, the layers
+      outside the Q/DQ pairs may run in fp16.
     """
     if provider != PROVIDER_NAMES["tensorrt"]:
         return {}
     options: dict[str, Any] = {"trt_fp16_enable": fp16}
+    if int8:
+        options["trt_int8_enable"] = True
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         # Engines and timing caches per subgraph and GPU kind: a restart reuses them instead of building for minutes.
@@ -114,7 +124,9 @@ class OnnxRuntimeEngine:
             ort.preload_dlls()
         try:
             self.session = ort.InferenceSession(
-                str(path), options, providers=[(name, provider_options(name, trt_fp16, trt_cache_dir)) for name in chosen]
+                str(path),
+                options,
+                providers=[(name, provider_options(name, trt_fp16, trt_cache_dir, int8=precision == "int8")) for name in chosen],
             )
         except Exception as error:  # onnxruntime raises its own types for a broken protobuf or graph
             raise PackageError(f"{path}: ONNX Runtime cannot load this graph: {error}") from error

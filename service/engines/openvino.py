@@ -38,6 +38,7 @@ from typing import Literal
 import numpy as np
 import openvino as ov
 
+from service.cpu import cpu_has_vnni
 from service.engines.base import GRAPH_OF, BatchOutput, EngineInfo, Precision
 from service.manifest import GraphPort, ModelManifest, PackageError, check_ports
 
@@ -49,8 +50,6 @@ INFERENCE_PRECISION: dict[Precision, str] = {"f32": "f32", "bf16": "bf16", "int8
 # The precision the service reports (EngineInfo.precision): the other engines' names.
 REPORTED: dict[Precision, str] = {"f32": "fp32", "bf16": "bf16", "int8": "int8"}
 PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
-# The x86 instructions that multiply-add int8 in 32 bits; without one, int8 kernels go through 16-bit sums.
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 class UnsupportedPrecision(RuntimeError):
@@ -64,15 +63,6 @@ def check_capabilities(precision: Precision, capabilities: list[str], cpu: str) 
             f"DETECTOR_PRECISION=bf16: this CPU ({cpu}) has no bf16 support (OpenVINO's OPTIMIZATION_CAPABILITIES are "
             f"{', '.join(capabilities)}, without BF16), so OpenVINO would run f32 instead; use f32 or int8"
         )
-
-
-def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
-    """Whether the CPU has an int8 dot-product instruction (VNNI, AMX); None where /proc/cpuinfo does not say."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), None)
-    except OSError:
-        return None
-    return None if flags is None else bool(VNNI_FLAGS & set(flags))
 
 
 def _ports(ports: list[ov.Output]) -> dict[str, GraphPort]:

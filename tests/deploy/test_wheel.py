@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from bench.servers import ServerError, ServerProcess, python_module, service_spec
-from model_export.parity import box_iou
 from model_export.synth import generate_image
+from service.agreement import box_iou
 from tests.deploy.tools import REPO
 from tests.mutants import copy_project, project_files
 from tests.service.helpers import png_bytes, serving
@@ -87,7 +87,9 @@ def clean_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def wheel_server(installed_python: Path) -> Iterator[httpx.Client]:
     """``python -m service`` from the installed wheel, started outside the checkout, on the default package."""
-    spec = service_spec({"DETECTOR_MODEL_DIR": str(DEFAULT_PACKAGE), "DETECTOR_INTRA_OP_THREADS": "1"}, label="the installed server")
+    # The float graph, as the checkout's server below: left to auto, either could choose another precision on this machine.
+    settings = {"DETECTOR_MODEL_DIR": str(DEFAULT_PACKAGE), "DETECTOR_INTRA_OP_THREADS": "1", "DETECTOR_PRECISION": "f32"}
+    spec = service_spec(settings, label="the installed server")
     spec = dataclasses.replace(
         spec, command=python_module("service", python=installed_python), cwd=installed_python.parents[2], dropped_env=CHECKOUT_ENV
     )
@@ -120,6 +122,6 @@ def test_the_installed_server_detects_as_the_checkout_does(wheel_server: httpx.C
     assert answer.status_code == 200, answer.text
     detections = answer.json()["detections"]
     assert annotations and all(found(annotation, detections) for annotation in annotations), "every object of the scene is found"
-    with serving(DEFAULT_PACKAGE) as checkout, httpx.Client(base_url=checkout.url, timeout=30.0) as client:
+    with serving(DEFAULT_PACKAGE, DETECTOR_PRECISION="f32") as checkout, httpx.Client(base_url=checkout.url, timeout=30.0) as client:
         expected = client.post("/detect", content=body, headers={"Content-Type": "image/png"}, params={"score_threshold": 0.5})
     assert same_detections(detections, expected.json()["detections"])

@@ -15,8 +15,9 @@ from model_export.detections import Detections
 from model_export.evaluate import eager_predictor, evaluate
 from model_export.export import eager_thresholds
 from model_export.package import OnnxPredictor
-from model_export.parity import ParityReport, box_iou, compare_detections
+from model_export.parity import ParityReport, compare_detections
 from model_export.synth import SynthConfig, generate_image, write_dataset
+from service.agreement import box_iou
 from service.letterbox import letterbox
 
 DEFAULT = Path(__file__).resolve().parents[2] / "models" / "default"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -184,8 +185,15 @@ def test_a_graph_without_layers_that_fit_float16_is_refused() -> None:
 def test_engine_config_checks_the_profile_and_the_precision_source(tmp_path: Path) -> None:
     with pytest.raises(EngineBuildError, match="1 <= min <= opt <= max, got 8:4:16"):
         EngineConfig(8, 4, 16)
-    with pytest.raises(EngineBuildError, match="ask for one of the two"):
-        EngineConfig(fp16=True, graph=tmp_path / "model.int8.onnx")
+    graph = tmp_path / "model.int8.onnx"
+    with pytest.raises(
+        EngineBuildError, match=r"--fp16 and --graph .* each choose the graph the engine is built from.*ask for one of them"
+    ):
+        EngineConfig(fp16=True, graph=graph)
+    with pytest.raises(EngineBuildError, match="--fp16 and --int8 each choose"):
+        EngineConfig(fp16=True, int8=True)
+    with pytest.raises(EngineBuildError, match=f"--int8 and --graph {graph} each choose"):
+        EngineConfig(int8=True, graph=graph)
     with pytest.raises(EngineBuildError, match="--batch should be MIN:OPT:MAX, like 1:8:16, got '1:8'"):
         parse_profile("1:8")
 
@@ -193,12 +201,47 @@ def test_engine_config_checks_the_profile_and_the_precision_source(tmp_path: Pat
 def test_fp16_build_parses_an_fp16_graph_written_into_the_package(tmp_path: Path) -> None:
     package = tmp_path / "package"
     shutil.copytree(DEFAULT_PACKAGE, package)
-    graph_path = source_graph(package, EngineConfig(fp16=True))
+    manifest = read_manifest(package)
+    graph_path = source_graph(package, manifest, EngineConfig(fp16=True))
     assert graph_path == package / "model.fp16.onnx"
     graph = onnx.load(str(graph_path))
     assert graph_precision(graph) == "fp16"
-    check_graph_io(graph, read_manifest(package), graph_path)
-    assert source_graph(package, EngineConfig()) == package / "model.onnx"
+    check_graph_io(graph, manifest, graph_path)
+    assert source_graph(package, manifest, EngineConfig()) == package / "model.onnx"
+
+
+def test_int8_build_parses_the_packages_int8_graph() -> None:
+    manifest = read_manifest(DEFAULT_PACKAGE)
+    graph_path = source_graph(DEFAULT_PACKAGE, manifest, EngineConfig(int8=True))
+    assert graph_path == DEFAULT_PACKAGE / manifest.graph_file("int8")[0] == DEFAULT_PACKAGE / "model.int8.onnx"
+    graph = onnx.load(str(graph_path))
+    assert graph_precision(graph) == "int8"
+    check_graph_io(graph, manifest, graph_path)
+
+
+def _without_int8_graph(package: Path) -> str:
+    (package / "model.int8.onnx").unlink()
+    read_manifest(package).model_copy(update={"graphs": []}).write(package)
+    return f"{package}: the package has no int8 graph (it has fp32); make one with `python -m model_export quantize --package {package} --calibration IMAGES`"
+
+
+def _with_another_int8_graph(package: Path) -> str:
+    with (package / "model.int8.onnx").open("ab") as graph:
+        graph.write(b"\0")
+    return f"{package / 'model.int8.onnx'}: its SHA-256 differs from the manifest's"
+
+
+@pytest.mark.parametrize("damage", [_without_int8_graph, _with_another_int8_graph])
+def test_int8_build_checks_the_int8_graph_before_tensorrt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], damage: Callable[[Path], str]
+) -> None:
+    package = tmp_path / "package"
+    shutil.copytree(DEFAULT_PACKAGE, package)
+    expected = damage(package)
+    # TensorRT's import fails on this host too, with another message: the package's check must come first, on any host.
+    monkeypatch.setattr("model_export.engine._import_tensorrt", lambda: pytest.fail("TensorRT was imported before the package's check"))
+    assert main(["build-engine", "--package", str(package), "--int8"]) == 2
+    assert expected in capsys.readouterr().err
 
 
 def test_a_graph_with_other_outputs_than_the_package_is_refused(fp32_graph: onnx.ModelProto) -> None:
@@ -209,9 +252,10 @@ def test_a_graph_with_other_outputs_than_the_package_is_refused(fp32_graph: onnx
         check_graph_io(changed, read_manifest(DEFAULT_PACKAGE), Path("other.onnx"))
 
 
-def test_build_engine_takes_fp16_or_a_graph_not_both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("options", [["--fp16", "--graph", "other.onnx"], ["--int8", "--fp16"], ["--int8", "--graph", "other.onnx"]])
+def test_build_engine_takes_one_of_fp16_int8_and_a_graph(tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["build-engine", "--package", str(tmp_path), "--fp16", "--graph", str(tmp_path / "model.int8.onnx")])
+        main(["build-engine", "--package", str(tmp_path), *options])
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
 

@@ -27,6 +27,7 @@ from model_export.command_errors import AccuracyGateError, CalibrationError
 from model_export.config import QuantizeConfig
 from model_export.quantize import INT8_GRAPH_FILE, add_int8_graph
 from model_export.synth import SynthConfig, write_dataset
+from service.engines.choice import read_probe
 from service.manifest import MANIFEST_FILE, ModelManifest, read_manifest, sha256_of, verify_graph_file
 from tests.model_export.test_cli_imports import REPORT, _heavy_modules_after
 
@@ -136,8 +137,16 @@ def test_manifest_lists_the_int8_graph_with_its_gate_figures(int8_package: Path)
     assert manifest.graphs[0].quantization["calibration_images"] == 16
 
 
+def test_the_package_carries_validation_canvases_for_the_service_to_check_int8_on_its_own_machine(int8_package: Path) -> None:
+    manifest = read_manifest(int8_package)
+    assert manifest.probe_images == [f"probe/{index:03d}.jpg" for index in range(32)], "the 32 validation images"
+    probe = read_probe(int8_package, manifest)
+    assert probe is not None and probe.shape == (32, *manifest.canvas, 3)
+    assert len({canvas.tobytes() for canvas in probe}) == 32, "32 different scenes"
+
+
 def _files(package: Path) -> dict[str, str]:
-    return {path.name: sha256_of(path) for path in package.iterdir()}
+    return {str(path.relative_to(package)): sha256_of(path) for path in package.rglob("*") if path.is_file()}
 
 
 @pytest.mark.parametrize(
@@ -178,7 +187,10 @@ def test_a_plain_folder_is_measured_against_the_float_graph_and_replaces_the_old
     assert entry.accuracy.reference == "float_detections" and entry.accuracy.metric == "mAP@.5"
     assert entry.accuracy.float_map == pytest.approx(1.0)
     verify_graph_file(package, manifest, "int8")
-    assert sorted(path.name for path in package.iterdir()) == sorted([MANIFEST_FILE, "model.onnx", INT8_GRAPH_FILE])
+    assert sorted(path.name for path in package.iterdir()) == sorted([MANIFEST_FILE, "model.onnx", INT8_GRAPH_FILE, "probe"])
+    held_out = [f"probe/{index:03d}.jpg" for index in range(8)]
+    assert manifest.probe_images == held_out, "the 8 held-out images replaced the older graph's 32"
+    assert sorted(str(path.relative_to(package)) for path in (package / "probe").iterdir()) == held_out
 
 
 def _write_images(folder: Path, count: int, broken: int = 0) -> Path:

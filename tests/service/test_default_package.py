@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from bench.servers import ServerProcess, service_spec
-from model_export.parity import box_iou
 from model_export.synth import CATEGORIES, generate_image
+from service.agreement import box_iou
 from tests.service.helpers import png_bytes
 
 # Each scene goes out smaller and larger than the 320 x 320 canvas: the letterbox scales them by 4/3 and by 1/2.
@@ -26,10 +26,15 @@ SEED = 2024
 
 
 @pytest.fixture(scope="module")
-def default_server() -> Iterator[httpx.Client]:
+def default_process() -> Iterator[ServerProcess]:
     assert not any(key.startswith("DETECTOR_") for key in os.environ), "run the tests without DETECTOR_* settings"
     with ServerProcess(service_spec({})) as server:  # only host and port set: the model comes from the defaults
-        yield server.http
+        yield server
+
+
+@pytest.fixture(scope="module")
+def default_server(default_process: ServerProcess) -> httpx.Client:
+    return default_process.http
 
 
 def _detect(client: httpx.Client, image: Image.Image) -> dict:
@@ -88,3 +93,18 @@ def test_served_boxes_scale_with_the_image(default_server: httpx.Client) -> None
     ratio = SIZE_FACTORS[1] / SIZE_FACTORS[0]
     iou = box_iou(_boxes(small["detections"]) * ratio, _boxes(large["detections"]))
     assert (iou.max(axis=1) >= 0.9).all(), np.round(iou.max(axis=1), 3)
+
+
+def test_the_default_server_says_what_it_chose_and_why(default_process: ServerProcess) -> None:
+    """DETECTOR_ENGINE and DETECTOR_PRECISION left to auto: the engine is chosen on this machine, in /v1/models and the log."""
+    runtime = default_process.http.get("/v1/models/default").json()["runtime"]
+    choice = runtime["choice"]
+    assert choice["by"] == "auto" and choice["reason"]
+    assert runtime["engine"] == choice["engine"]
+    assert runtime["precision"] == {"f32": "fp32", "int8": "int8", "bf16": "bf16"}[choice["precision"]]
+    chosen = [trial for trial in choice["trials"] if trial["outcome"] == "chosen"]
+    if choice["precision"] != "f32":  # a reduced precision is served only after it passed here
+        assert len(chosen) == 1 and chosen[0]["recall"] >= 0.95 and chosen[0]["ms_per_image"] < chosen[0]["float_ms_per_image"]
+    else:
+        assert chosen == []
+    assert "engine chosen" in default_process.output() and choice["reason"] in default_process.output()

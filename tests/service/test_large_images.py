@@ -7,8 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model_export.parity import box_iou
 from model_export.synth import generate_image
+from service.agreement import box_iou
 from service.main import create_app
 from service.settings import Settings
 from tests.service.helpers import png_bytes, wait_ready

@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.servers import ServerProcess
-from model_export.parity import box_iou
 from model_export.synth import generate_image
+from service.agreement import box_iou
 from service.engines import BatchOutput, Engine, create_engine
 from service.main import create_app
 from service.manifest import AccuracyGate, GraphFile, PackageError, read_manifest, sha256_of
@@ -173,7 +173,7 @@ def test_int8_finds_most_of_what_fp32_finds(
         # A known defect, open in issue 16: measured on an AMD EPYC (AVX2, no VNNI), OpenVINO finds 2 of 26; with 7-bit
         # weights 10; with 7-bit weights and without model_export.qdq_graph's rewiring 24, ONNX Runtime's figure. Not
         # measured on a VNNI CPU, where the first cause (saturation) should not arise; hence not strict there.
-        from service.engines.openvino import cpu_has_vnni
+        from service.cpu import cpu_has_vnni
 
         reason = "OpenVINO's int8 saturates on the graph's 8-bit weights without VNNI, and miscomputes some FPN convolutions"
         request.applymarker(pytest.mark.xfail(strict=cpu_has_vnni() is False, reason=reason))
@@ -253,16 +253,17 @@ def test_bf16_is_taken_on_a_cpu_that_has_it() -> None:
     check_capabilities("f32", ["FP32"], "any CPU")
 
 
-@needs_openvino
-def test_vnni_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
-    from service.engines.openvino import cpu_has_vnni
+def test_vnni_and_bf16_are_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    from service.cpu import cpu_has_bf16, cpu_has_vnni
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
-    assert cpu_has_vnni(cpuinfo) is False
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
-    assert cpu_has_vnni(cpuinfo) is True
-    assert cpu_has_vnni(tmp_path / "missing") is None
+    assert cpu_has_vnni(cpuinfo) is False and cpu_has_bf16(cpuinfo) is False
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n")
+    assert cpu_has_vnni(cpuinfo) is True and cpu_has_bf16(cpuinfo) is True
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 amx_int8 amx_tile\n")
+    assert cpu_has_vnni(cpuinfo) is True and cpu_has_bf16(cpuinfo) is True
+    assert cpu_has_vnni(tmp_path / "missing") is None and cpu_has_bf16(tmp_path / "missing") is None
 
 
 @needs_openvino

@@ -2,10 +2,13 @@
 # The detection service, with the default model package built in.
 #
 #   docker build -t detector:gpu .                          NVIDIA GPU: onnxruntime-gpu (TensorRT, CUDA, CPU providers)
-#   docker build -t detector:cpu --target runtime-cpu .     any x86-64 host: onnxruntime (CPU)
+#   docker build -t detector:cpu --target runtime-cpu .     any x86-64 host: onnxruntime and OpenVINO (CPU)
 #
-# Stages: src (the source tree) -> export (torch; writes the model package) -> runtime-cpu | runtime-gpu.
-# The runtime images hold the serving dependencies only: no torch, no compiler, no source tree.
+# Stages: src (the source tree) -> runtime-cpu | runtime-gpu.
+# The model is the committed, verified package models/default/package (model.onnx, its int8 graph, model.json
+# and the files beside them), copied whole: no stage installs torch or reads the checkpoint (models/default/model.pt
+# is kept out of the build context by .dockerignore). The runtime images hold the serving dependencies only:
+# no torch, no compiler, no source tree.
 
 # onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9 (its [cuda] extra pins nvidia-cuda-runtime~=13.0).
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
@@ -20,33 +23,47 @@ COPY pyproject.toml README.md /src/
 COPY model_export/ /src/model_export/
 COPY service/ /src/service/
 
-# ---- export: the training side exports models/default/model.pt to a verified model package ----
-FROM ${PYTHON_IMAGE} AS export
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
-WORKDIR /build
-# torch and torchvision first, pinned (as the Makefile does), so that no other package pulls a different build.
-RUN pip install torch==2.14.1 torchvision==0.29.1
-COPY --from=src /src /build
-RUN pip install '/build[export]'
-COPY models/default/model.pt models/default/model.pt
-RUN python -m model_export export --checkpoint models/default/model.pt --out /build/package
-
-# ---- runtime-cpu: python:3.11-slim and onnxruntime (CPU) ----
+# ---- runtime-cpu: python:3.11-slim, onnxruntime (CPU) and OpenVINO ----
 FROM ${PYTHON_IMAGE} AS runtime-cpu
+# serve: onnxruntime; openvino: DETECTOR_ENGINE=openvino, and an engine that DETECTOR_ENGINE=auto may choose on the CPU.
+# --build-arg CPU_EXTRAS=serve gives an image without OpenVINO (about 100 MB smaller).
+ARG CPU_EXTRAS=serve,openvino
+# OpenVINO's wheel carries every device plugin and every model frontend (185 MB installed). The service reads ONNX
+# graphs on the CPU device only, so it needs libopenvino, the CPU plugin and the ONNX frontend; these go: the GPU and
+# NPU plugins (and the GPU plugin's kernel cache, cache.json), the TensorFlow, TensorFlow Lite, PaddlePaddle, PyTorch,
+# JAX and GGUF frontends with their Python modules, and the C++ headers and CMake files (80 MB in all).
+# They are removed in the RUN that installs them (a later RUN would leave them in the layer below), and every pattern
+# must match: an OpenVINO that renames a file stops the build here instead of keeping it silently.
+# tests/deploy/test_image.py checks the result: OpenVINO's only frontends are onnx and ir, none of these is left,
+# and the service serves with DETECTOR_ENGINE=openvino.
+ARG OPENVINO_UNUSED="libs/libopenvino_intel_gpu_plugin.so libs/cache.json libs/libopenvino_intel_npu_plugin.so \
+libs/libopenvino_tensorflow_frontend.so.* libs/libopenvino_tensorflow_lite_frontend.so.* \
+libs/libopenvino_paddle_frontend.so.* libs/libopenvino_pytorch_frontend.so.* libs/libopenvino_jax_frontend.so.* \
+libs/libopenvino_gguf_frontend.so.* frontend/tensorflow frontend/paddle frontend/pytorch frontend/jax include cmake"
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH
 # The source is bind-mounted (rw: pip builds in the tree; the writes are thrown away), so it stays out of the image.
+# pip and setuptools only install (22 MB): they leave the virtualenv once it is built.
+# SC2086: the OPENVINO_UNUSED patterns are split and globbed on purpose.
+# hadolint ignore=SC2086
 RUN --mount=type=bind,from=src,source=/src,target=/src,rw \
     python -m venv /opt/venv \
-    && /opt/venv/bin/pip install '/src[serve]' \
+    && /opt/venv/bin/pip install "/src[${CPU_EXTRAS}]" \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools \
+    && openvino="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/openvino" \
+    && if [ -d "$openvino" ]; then \
+        for unused in ${OPENVINO_UNUSED}; do \
+            set -- "$openvino"/$unused; \
+            [ -e "$1" ] || { echo "OPENVINO_UNUSED: nothing in $openvino matches $unused" >&2; exit 1; }; \
+            rm -r "$@"; \
+        done; \
+    fi \
     && groupadd --system --gid 10001 detector \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin detector
-COPY --from=export /build/package /models/default
+COPY models/default/package/ /models/default/
 # A volume mounted on /models/default replaces the built-in model.
 ENV DETECTOR_MODEL_DIR=/models/default \
     DETECTOR_PROVIDERS=cpu \
@@ -84,7 +101,7 @@ RUN --mount=type=bind,from=uv,source=/uv,target=/usr/local/bin/uv \
     && chown -R 10001:10001 /var/cache/detector
 # onnxruntime's TensorRT provider loads libnvinfer from where the TensorRT wheels put it.
 ENV LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/tensorrt_libs:${LD_LIBRARY_PATH}
-COPY --from=export /build/package /models/default
+COPY models/default/package/ /models/default/
 # TensorRT engines built at start are cached here; mount a volume to keep them across restarts.
 ENV DETECTOR_MODEL_DIR=/models/default \
     DETECTOR_PROVIDERS=auto \

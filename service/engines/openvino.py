@@ -118,7 +118,8 @@ class OpenVinoEngine:
         self.graph_file, _ = manifest.graph_file(GRAPH_OF[precision])
         if precision == "int8" and cpu_has_vnni() is False:
             log.warning(
-                "int8 on a CPU without VNNI: no faster than f32, and OpenVINO's int8 convolutions saturate on 8-bit weights",
+                "int8 on a CPU without VNNI: OpenVINO's int8 convolutions may saturate on 8-bit weights here "
+                "(DETECTOR_PRECISION=auto checks the detections on the package's probe images before it serves int8)",
                 extra={"cpu": self.cpu},
             )
         model = read_graph(core, Path(package) / self.graph_file, manifest)

@@ -200,12 +200,27 @@ def build_runtime_cpu(engine: Engine, tag: str) -> None:
 
 
 def remove_images_made_since(engine: Engine, before: set[str], keep: str) -> None:
-    """The build's intermediate images: the export stage alone holds the CUDA build of torch (6 GB)."""
+    """The build's intermediate images (the src stage), so that repeated runs do not fill CI's disk."""
     kept = engine("image", "inspect", keep, "--format", "{{.Id}}", check=False).stdout.strip()
     made = [image for image in engine.image_ids() - before if not kept.endswith(image.removeprefix("sha256:"))]
     if made:
         # An intermediate that the kept image still builds on is refused; that is right, so no check.
         engine("rmi", "--force", *made, timeout=300, check=False)
+
+
+def build_context_files(engine: Engine, workdir: Path) -> set[str]:
+    """The files of the build context that the engine sends (after .dockerignore), relative to the repository:
+    ``COPY . /`` into an empty image, written out as a folder (--output type=local, BuildKit's and buildah's)."""
+    containerfile = workdir / "Containerfile"
+    containerfile.write_text("FROM scratch\nCOPY . /\n")
+    out, iidfile = workdir / "context", workdir / "iid"
+    try:
+        engine("build", "--iidfile", str(iidfile), "-f", str(containerfile), "-o", f"type=local,dest={out}", str(REPO), timeout=300)
+    finally:
+        # Buildah commits the image as well; BuildKit exporting to a folder makes none.
+        if iidfile.exists() and iidfile.read_text().strip():
+            engine("rmi", "--force", iidfile.read_text().strip(), timeout=60, check=False)
+    return {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
 
 
 def http_ready(url: str) -> bool:

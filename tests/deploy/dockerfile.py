@@ -20,6 +20,14 @@ class Stage:
     def all(self, keyword: str) -> list[str]:
         return [args for kw, args in self.instructions if kw == keyword]
 
+    def arg(self, name: str) -> str:
+        """The default of ``ARG name=value`` in this stage (quotes removed)."""
+        for args in self.all("ARG"):
+            key, _, value = shlex.split(args)[0].partition("=")
+            if key == name:
+                return value
+        raise KeyError(f"stage {self.name} declares no ARG {name}")
+
     def env(self) -> dict[str, str]:
         pairs: dict[str, str] = {}
         for args in self.all("ENV"):

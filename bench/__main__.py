@@ -1,6 +1,7 @@
 """``python -m bench``: the service against the raw engine, a naive eager server and the eager model, in one report.
 
     python -m bench [--quick] [--only SECTIONS] [--checkpoint models/default/model.pt] [--package models/default/package] [--out bench/results]
+    python -m bench --only precisions [--configurations onnxruntime-f32,openvino-int8] [--eval-images 300]
 
 Sections, per device (the CPU, and a GPU when there is one):
 
@@ -10,13 +11,21 @@ Sections, per device (the CPU, and a GPU when there is one):
   time), at 1, 4, 16 and 64 concurrent clients, with a closed-loop load generator in its own process;
 * service-throughput: the service at 16 clients against the same engine behind the same batcher without HTTP,
   in alternating rounds;
-* export-speed: the exported graph against the eager model, per image at batch 1, 4 and 8, alternating in one process.
+* export-speed: the exported graph against the eager model, per image at batch 1, 4 and 8, alternating in one process;
+* precisions: every engine and precision this machine can run, side by side: ONNX Runtime f32 (the baseline) and
+  int8, OpenVINO f32, int8 and bf16 (where the CPU has BF16; else listed as skipped, with the reason), on a GPU
+  ONNX Runtime with the CUDA and the TensorRT providers and the package's TensorRT engines, and "auto" (the service
+  with DETECTOR_ENGINE and DETECTOR_PRECISION unset: what it chooses). For each: the graph alone per image at batch
+  1, 8 and 16 (the configurations alternating round by round in one process), the service at every client count,
+  mAP@[.5:.95] and mAP@.5 on 300 held-out synthetic scenes (seed 13, kept in --cache) beside the eager checkpoint's,
+  and ratios against ONNX Runtime f32 (images/s at 16 clients, batch-1 latency).
 
 All on a fixed set of real-sized JPEGs. Writes bench.json (every figure, and the run and machine that measured
 it), bench.md (tables) and PNG plots into --out. ``--only`` measures some sections and merges them into the
-report already in --out (a section keeps the run that measured it; --fresh starts a new report). A full run
-takes under 10 minutes on 2 CPU cores; --quick about 2 minutes (a check that it all works, with too few
-requests for figures to publish). Run it on an otherwise idle machine.
+report already in --out (a section keeps the run that measured it; --fresh starts a new report). On 2 CPU cores
+systems, service-throughput and export-speed take under 10 minutes, precisions about 7 more (5 configurations, 8
+minutes with bf16; its first run also draws the 300 scenes, about 30 s); --quick about 4 minutes in all (a check that
+it all works, with too few requests for figures to publish). Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -29,8 +38,8 @@ from pathlib import Path
 import onnxruntime
 from pydantic import ValidationError
 
-from bench import plots, report, runner
-from bench.config import FULL_PLAN, BenchConfig, BenchError, LoadPlan, quick_overrides
+from bench import plots, precisions, report, runner
+from bench.config import FULL_PLAN, BenchConfig, BenchError, LoadPlan, PrecisionsPlan, quick_overrides
 from bench.figures import SECTIONS, BenchResult
 from service.engines.onnxruntime import uses_gpu
 from service.gpu import gpu_problem
@@ -50,7 +59,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = BenchConfig.__dataclass_fields__
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer requests, images and rounds: about 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="fewer requests, images, rounds and scenes: about 4 minutes")
     parser.add_argument(
         "--only",
         type=_names,
@@ -63,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--checkpoint",
         type=Path,
         default=defaults["checkpoint"].default,
-        help="for the naive baseline and export-speed (default: %(default)s)",
+        help="for the naive baseline, export-speed and the eager mAP of precisions (default: %(default)s)",
     )
     parser.add_argument(
         "--package", type=Path, default=defaults["package"].default, help="for the service and raw engine (default: %(default)s)"
@@ -86,6 +95,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--gpu-engine", choices=("onnxruntime", "tensorrt"), default="onnxruntime", help="tensorrt: the package's prebuilt engine"
+    )
+    parser.add_argument(
+        "--configurations",
+        type=_names,
+        default=(),
+        metavar="NAMES",
+        help="precisions: only these, e.g. onnxruntime-f32,openvino-int8,auto (default: all this machine may run)",
+    )
+    parser.add_argument("--eval-images", type=int, help="precisions: held-out scenes for the mAP (default 300; 16 with --quick)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=defaults["cache"].default,
+        help="precisions: where its scenes and TensorRT caches are kept (default: %(default)s)",
     )
     parser.add_argument("--render", type=Path, metavar="JSON", help="measure nothing: rewrite bench.md and the plots from a bench.json")
     return parser.parse_args(argv)
@@ -119,6 +142,7 @@ def make_config(args: argparse.Namespace) -> BenchConfig:
         "devices": _devices(args.devices, args.gpu_engine),
         "checkpoint": args.checkpoint.resolve(),
         "package": args.package.resolve(),
+        "cache": args.cache.resolve(),
     }
     values |= {
         "max_batch_size": args.max_batch_size,
@@ -127,6 +151,11 @@ def make_config(args: argparse.Namespace) -> BenchConfig:
         "gpu_providers": args.gpu_providers,
         "gpu_engine": args.gpu_engine,
     }
+    precisions.check_names(args.configurations, args.cache)
+    precision_plan: PrecisionsPlan = values.get("precisions", PrecisionsPlan())
+    values["precisions"] = dataclasses.replace(
+        precision_plan, configurations=args.configurations, **({"eval_images": args.eval_images} if args.eval_images is not None else {})
+    )
     if args.out is not None:
         values["out"] = args.out
     return BenchConfig(**values)
@@ -149,15 +178,20 @@ def write_outputs(result: BenchResult, out: Path) -> None:
     """bench.json, bench.md and the plots, into ``out``; prints the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(result.model_dump_json(indent=2) + "\n")
-    written = {
-        device.device: [path.name for path in plots.plot_device(device.device, device.systems, out)]
-        for device in result.devices
-        if device.systems is not None
-    }
+    written: dict[str, dict[str, list[str]]] = {}
+    for device in result.devices:
+        plotted = written.setdefault(device.device, {})
+        if device.systems is not None:
+            plotted["systems"] = [path.name for path in plots.plot_device(device.device, device.systems, out)]
+        if device.precisions is not None:
+            plotted["precisions"] = [plots.plot_precisions(device.device, device.precisions, out).name]
     text = report.markdown(result, written)
     (out / "bench.md").write_text(text + "\n")
     print(text)
-    print(f"wrote {out}/bench.json, bench.md and {sum(len(v) for v in written.values())} plots", file=sys.stderr)
+    print(
+        f"wrote {out}/bench.json, bench.md and {sum(len(names) for device in written.values() for names in device.values())} plots",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

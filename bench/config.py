@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from bench.figures import SECTIONS
 from bench.servers import REPO
+from service.engines.engine_manifest import Precision as TensorRTPrecision
 
 
 class BenchError(ValueError):
@@ -64,10 +65,27 @@ class ThroughputPlan:
 
 
 @dataclass(frozen=True)
+class PrecisionsPlan:
+    """precisions: every engine and precision this machine runs, side by side. The raw graph at these batch sizes,
+    the configurations alternating round by round (each round about ``images_per_round`` images per configuration
+    and batch size); the service under the run's load plan; mAP on ``eval_images`` held-out synthetic scenes.
+    ``configurations`` picks some of them by name (empty: all)."""
+
+    batches: tuple[int, ...] = (1, 8, 16)
+    rounds: int = 10
+    images_per_round: int = 16
+    eval_images: int = 300
+    eval_seed: int = 13  # the default model trained on seed 1, was validated on 2, tested on 3, quantized on 11 and 12
+    map_tolerance: float = 0.01  # of the eager checkpoint's mAP@[.5:.95]
+    configurations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     checkpoint: Path = REPO / "models" / "default" / "model.pt"
     package: Path = REPO / "models" / "default" / "package"
     out: Path = REPO / "bench" / "results"
+    cache: Path = REPO / "build" / "bench"  # the precisions section's held-out scenes and TensorRT provider engines, kept between runs
     quick: bool = False
     devices: tuple[str, ...] = ("cpu",)
     sections: tuple[str, ...] = tuple(SECTIONS)
@@ -78,6 +96,7 @@ class BenchConfig:
     raw_images: int = 64
     export: ExportSpeedPlan = field(default_factory=ExportSpeedPlan)
     throughput: ThroughputPlan = field(default_factory=ThroughputPlan)
+    precisions: PrecisionsPlan = field(default_factory=PrecisionsPlan)
     # The service's batching (its defaults), and the threads every system gets (0: each library's default).
     max_batch_size: int = 8
     max_batch_wait_ms: float = 5.0
@@ -94,7 +113,7 @@ class BenchConfig:
             raise BenchError(
                 f"--only {','.join(self.sections)}: no section {', '.join(unknown) or 'named'}; the sections are {', '.join(SECTIONS)}"
             )
-        if {"systems", "export-speed"} & set(self.sections) and not self.checkpoint.is_file():
+        if {"systems", "export-speed", "precisions"} & set(self.sections) and not self.checkpoint.is_file():
             raise BenchError(
                 f"--checkpoint {self.checkpoint}: no such file (train the default model with `make default-model`, or pass one)"
             )
@@ -108,6 +127,8 @@ class BenchConfig:
             raise BenchError(f"--requests should be at least 1, got {self.plan.requests_per_level}")
         if min(self.throughput.clients, self.throughput.requests_per_client, self.throughput.rounds, self.export.rounds) < 1:
             raise BenchError("the service-throughput clients, requests and rounds and the export-speed rounds should be at least 1")
+        if min(self.precisions.rounds, self.precisions.images_per_round, self.precisions.eval_images, *self.precisions.batches) < 1:
+            raise BenchError(f"the precisions section's batches, rounds and --eval-images should be at least 1, got {self.precisions}")
         if self.max_batch_size < 1 or self.threads < 0 or (self.naive_threads or 0) < 0 or self.image_count < 1:
             raise BenchError(
                 f"--max-batch-size ({self.max_batch_size}) and the image count ({self.image_count}) should be at least 1, --threads ({self.threads}) and --naive-threads at least 0"
@@ -125,5 +146,18 @@ def quick_overrides() -> dict[str, Any]:
         "raw_images": 16,
         "export": ExportSpeedPlan(rounds=2),
         "throughput": ThroughputPlan(requests_per_client=4, rounds=1),
+        "precisions": PrecisionsPlan(rounds=2, images_per_round=8, eval_images=16),
         "out": REPO / "bench" / "results" / "quick",
     }
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """An engine and precision of the service, as its DETECTOR_* settings choose it, for the benchmarks to run side by side."""
+
+    name: str
+    label: str
+    env: dict[str, str]  # the DETECTOR_* settings that choose the engine, as the service reads them
+    # The package's TensorRT engine of this precision: DETECTOR_PRECISION has no fp16 (auto takes the most reduced engine
+    # built), so the GPU check opens these by precision, as the factory opens the one it chooses.
+    tensorrt_precision: TensorRTPrecision | None = None

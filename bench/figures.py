@@ -189,9 +189,71 @@ class ServiceThroughputSection(BaseModel):
     goals: list[Goal] = []
 
 
+class Accuracy(BaseModel):
+    """COCO mAP on the held-out set (model_export.evaluate), detections at score >= the set's threshold."""
+
+    map: float  # mAP@[.5:.95]
+    map50: float
+    detections: int
+
+
+class EvalSet(BaseModel):
+    """The held-out synthetic scenes every configuration and the eager checkpoint are scored on."""
+
+    seed: int
+    images: int
+    score_threshold: float
+    unscored: str | None = None  # why no mAP was computed
+
+
+class PrecisionRow(BaseModel):
+    """One engine and precision: the raw graph, the service, the accuracy, and ratios against the baseline's."""
+
+    name: str  # onnxruntime-f32, openvino-int8, ..., auto
+    label: str
+    settings: dict[str, str]  # the DETECTOR_* variables that chose it; none for auto (the service's defaults)
+    engine: EngineInfo | None = None  # what the raw engine runs
+    skipped: str | None = None  # why this machine cannot run it
+    raw: list[RawResult] = []  # the graph alone, by batch size, alternating with the other configurations
+    service: SystemResult | None = None  # its runtime is the service's own description (/v1/models' runtime)
+    accuracy: Accuracy | None = None
+    throughput_ratio: float | None = None  # the service's images/s at the section's ratio_clients, over the baseline's
+    latency_ratio: float | None = None  # the raw graph's batch-1 p50, over the baseline's
+
+    def raw_at(self, batch: int) -> RawResult | None:
+        return next((raw for raw in self.raw if raw.batch == batch), None)
+
+    def images_per_s(self, clients: int) -> float | None:
+        level = self.service.level(clients) if self.service is not None else None
+        return level.load.images_per_s if level is not None else None
+
+
+class PrecisionsSection(BaseModel):
+    """Each engine and precision this machine can run, side by side in one run, with the eager checkpoint's mAP on
+    the same held-out scenes. Ratios are against ``baseline`` (ONNX Runtime f32 on this device)."""
+
+    run: Run
+    baseline: str
+    ratio_clients: int
+    rounds: int  # of the raw graph's alternation
+    eval_set: EvalSet
+    eager: Accuracy | None = None  # the checkpoint the package was exported from, in torch
+    rows: list[PrecisionRow]
+    goals: list[Goal] = []
+
+    def row(self, name: str) -> PrecisionRow | None:
+        return next((row for row in self.rows if row.name == name), None)
+
+
 DEVICE_ORDER = ["cpu", "gpu"]
 # --only's names -> DeviceResult's fields, in the order they run and are reported.
-SECTIONS = {"systems": "systems", "service-throughput": "service_throughput", "export-speed": "export_speed"}
+SECTIONS = {
+    "systems": "systems",
+    "service-throughput": "service_throughput",
+    "export-speed": "export_speed",
+    "precisions": "precisions",
+}
+Section = SystemsSection | ServiceThroughputSection | ExportSpeedSection | PrecisionsSection
 
 
 class DeviceResult(BaseModel):
@@ -201,8 +263,9 @@ class DeviceResult(BaseModel):
     systems: SystemsSection | None = None
     service_throughput: ServiceThroughputSection | None = None
     export_speed: ExportSpeedSection | None = None
+    precisions: PrecisionsSection | None = None
 
-    def sections(self) -> dict[str, SystemsSection | ExportSpeedSection | ServiceThroughputSection]:
+    def sections(self) -> dict[str, Section]:
         """The measured sections by option name."""
         found = {option: getattr(self, name) for option, name in SECTIONS.items()}
         return {option: section for option, section in found.items() if section is not None}

@@ -17,21 +17,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import report, runner
-from bench.config import BenchConfig, ThroughputPlan
+from bench.config import BenchConfig, Configuration, ThroughputPlan
 from bench.figures import ServiceThroughputSection
 from bench.images import write_images
 from bench.machine import describe
 from bench.raw_engine import build_engine, canvases, measure
 from bench.servers import REPO
 from service.engines import Engine
-from service.engines.engine_manifest import Precision as TensorRTPrecision
 from service.gpu import gpu_names, gpu_problem
 from service.manifest import ModelManifest, read_manifest
 
@@ -41,16 +39,6 @@ SERVICE_CLIENTS = 16
 IMAGE_COUNT = 24
 # A configuration that is not measured within this (TensorRT builds its engines at the first run) is reported as timed out.
 CONFIGURATION_TIME_LIMIT_S = 150
-
-
-@dataclass(frozen=True)
-class Configuration:
-    name: str
-    label: str
-    env: dict[str, str]  # the DETECTOR_* settings that choose the engine, as the service reads them
-    # The package's TensorRT engine of this precision: DETECTOR_PRECISION has no fp16 (auto takes the most reduced engine
-    # built, int8 here), so these are opened by precision, as the factory opens the one it chooses.
-    tensorrt_precision: TensorRTPrecision | None = None
 
 
 def configurations(package: Path) -> list[Configuration]:

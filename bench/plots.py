@@ -1,4 +1,6 @@
-"""PNG plots of the systems section, per device: throughput vs clients and p99 latency vs clients, one line per system."""
+"""PNG plots, per device: of the systems section, throughput vs clients and p99 latency vs clients, one line per
+system; of the precisions section, the service's throughput vs clients and the graph's time per image vs batch size,
+one line per configuration."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from bench.figures import LoadResult, SystemsSection
+from bench.figures import LoadResult, PrecisionsSection, SystemsSection
 
 STYLE = {"service_batching": "o-", "service_unbatched": "s-", "naive": "^-"}
 
@@ -77,3 +79,32 @@ def plot_device(name: str, device: SystemsSection, out: Path, prefix: str = "ben
         plt.close(fig)
         written.append(path)
     return written
+
+
+def plot_precisions(name: str, section: PrecisionsSection, out: Path, prefix: str = "bench") -> Path:
+    """Writes <prefix>-<name>-precisions.png into ``out``: the service's images/s by clients, the graph's ms/image by batch."""
+    fig, (served, graph) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ticks: dict[Axes, set[int]] = {served: set(), graph: set()}
+    for row in section.rows:
+        loads = [level.load for level in row.service.levels] if row.service else []
+        for axes, xs, ys in (
+            (served, [load.clients for load in loads], [load.images_per_s for load in loads]),
+            (graph, [raw.batch for raw in row.raw], [raw.batch_latency_ms.p50 / raw.batch for raw in row.raw]),
+        ):
+            if xs:
+                axes.plot(xs, ys, "o-", label=row.label)
+                ticks[axes] |= set(xs)
+    for axes, xlabel, ylabel in ((served, "concurrent clients", "service images/s"), (graph, "batch size", "graph ms per image (median)")):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(sorted(ticks[axes]), [str(x) for x in sorted(ticks[axes])])
+        axes.set_ylim(bottom=0)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=8)
+    fig.suptitle(f"Engines and precisions ({name.upper()}{', quick run' if section.run.quick else ''})")
+    path = out / f"{prefix}-{name}-precisions.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from bench.compare import raw_name
 from bench.figures import (
     BenchResult,
     DeviceResult,
     ExportSpeedSection,
-    Goal,
-    Latency,
     Level,
+    PrecisionsSection,
     Ratio,
     RawResult,
     Run,
@@ -19,27 +16,12 @@ from bench.figures import (
     SystemResult,
     SystemsSection,
 )
+from bench.precisions_report import precisions_section
+from bench.tables import engine_text, goals_table, latency_cells, level_cells, p50_p99_cells, table
 from service.engines.base import EngineInfo
 
-DASH = "–"
 BUSY_LOAD_PER_CORE = 0.5
 BUSY_SHARE = 0.1  # of the cores' time taken by other processes during a run
-
-
-def _row(cells: Iterable[object]) -> str:
-    return "| " + " | ".join(DASH if cell is None else str(cell) for cell in cells) + " |"
-
-
-def _table(header: list[str], rows: list[list[object]]) -> list[str]:
-    return [_row(header), _row(["---"] * len(header)), *(_row(row) for row in rows)]
-
-
-def _latency(latency: Latency | None) -> list[object]:
-    return [latency.p50, latency.p90, latency.p99, latency.max] if latency else [None] * 4
-
-
-def _p50_p99(latency: Latency | None) -> list[object]:
-    return [latency.p50, latency.p99] if latency else [None, None]
 
 
 def _raw_row(raw: RawResult) -> list[object]:
@@ -48,7 +30,7 @@ def _raw_row(raw: RawResult) -> list[object]:
         f"batch {raw.batch}",
         raw.images,
         raw.images_per_s,
-        *_latency(raw.batch_latency_ms),
+        *latency_cells(raw.batch_latency_ms),
         None,
         None,
         None,
@@ -57,22 +39,7 @@ def _raw_row(raw: RawResult) -> list[object]:
 
 
 def _level_row(system: SystemResult, level: Level) -> list[object]:
-    load = level.load
-    abandoned = f", {load.abandoned} abandoned" if load.abandoned else ""
-    planned = load.clients * load.requests_per_client
-    requests = f"{load.completed}" if load.complete else f"{load.completed} of {planned} (time limit{abandoned})"
-    mean_batch = level.batch_sizes.mean if level.batch_sizes else None
-    return [
-        system.label,
-        load.clients,
-        requests,
-        load.images_per_s,
-        *_latency(load.latency_ms),
-        load.errors,
-        load.rejected,
-        mean_batch,
-        system.peak_rss_mb,
-    ]
+    return [*level_cells(system.label, level, latency_cells), system.peak_rss_mb]
 
 
 def figures_table(device: SystemsSection) -> list[str]:
@@ -95,7 +62,7 @@ def figures_table(device: SystemsSection) -> list[str]:
         rows += [_level_row(system, level) for level in system.levels]
         if system.error:
             rows.append([system.label, None, f"not measured: {system.error[:200]}", *[None] * 9])
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _ratio_cell(ratio: Ratio | None) -> str | None:
@@ -122,7 +89,7 @@ def ratios_table(device: SystemsSection) -> list[str]:
     rows: list[list[object]] = [
         [c, *(_ratio_cell(ratios.get((c, n, d))) for n, d, _ in columns)] for c in sorted({r.clients for r in device.ratios})
     ]
-    return _table(["clients", *(h for _, _, h in columns)], rows)
+    return table(["clients", *(h for _, _, h in columns)], rows)
 
 
 def batch_table(device: SystemsSection) -> list[str]:
@@ -132,22 +99,7 @@ def batch_table(device: SystemsSection) -> list[str]:
         for level in (system.levels if system else [])
         if (b := level.batch_sizes) is not None
     ]
-    return _table(["clients", "graph runs", "mean batch", "batches by size"], rows)
-
-
-def goals_table(goals: list[Goal]) -> list[str]:
-    verdict = {True: "yes", False: "**no**", None: "not measured"}
-    return _table(["goal", "measured", "met"], [[g.goal, g.measured, verdict[g.met]] for g in goals])
-
-
-def _threads(count: object) -> str:
-    return "the library's default threads" if count in (0, None) else f"{count} threads"
-
-
-def engine_text(engine: EngineInfo) -> str:
-    """``onnxruntime 1.31.1, CPUExecutionProvider (cpu, fp32), 2 threads``."""
-    threads = f", {_threads(engine.details['intra_op_threads'])}" if "intra_op_threads" in engine.details else ""
-    return f"{engine.engine} {engine.version}, {engine.provider} ({engine.device}, {engine.precision}){threads}"
+    return table(["clients", "graph runs", "mean batch", "batches by size"], rows)
 
 
 def system_lines(device: SystemsSection) -> list[str]:
@@ -195,12 +147,12 @@ def throughput_section(section: ServiceThroughputSection) -> list[str]:
         lines += [f"Not measured: {section.error[:300]}", ""]
     header = ["round", "raw engine behind the batcher, images/s", "service over HTTP, images/s", "p50 ms", "p99 ms", "errors", "rejected"]
     rows: list[list[object]] = [
-        [index, r.raw_images_per_s, load.images_per_s, *(_p50_p99(load.latency_ms)), load.errors, load.rejected]
+        [index, r.raw_images_per_s, load.images_per_s, *(p50_p99_cells(load.latency_ms)), load.errors, load.rejected]
         for index, r in enumerate(section.rounds, 1)
         for load in [r.service]
     ]
     rows.append(["median", section.raw_images_per_s, section.service_images_per_s, None, None, None, None])
-    lines += [*_table(header, rows), ""]
+    lines += [*table(header, rows), ""]
     if section.batch_sizes is not None:
         sizes = section.batch_sizes
         counts = ", ".join(f"{size}: {count}" for size, count in sizes.counts.items())
@@ -217,22 +169,25 @@ def export_section(section: ExportSpeedSection) -> list[str]:
         "",
     ]
     rows: list[list[object]] = [[r.batch, r.eager_ms_per_image, r.graph_ms_per_image, r.ratio] for r in section.rows]
-    lines += [*_table(["batch", "eager ms/image", "exported graph ms/image", "graph / eager"], rows), ""]
+    lines += [*table(["batch", "eager ms/image", "exported graph ms/image", "graph / eager"], rows), ""]
     return [*lines, "Goals:", "", *goals_table(section.goals), ""]
 
 
-TITLES = {"systems": "Systems", "service-throughput": "Service throughput", "export-speed": "Export speed"}
+TITLES = {"systems": "Systems", "service-throughput": "Service throughput", "export-speed": "Export speed", "precisions": "Precisions"}
 
 
-def device_section(device: DeviceResult, plots: list[str], run_numbers: dict[str, int]) -> list[str]:
+def device_section(device: DeviceResult, plots: dict[str, list[str]], run_numbers: dict[str, int]) -> list[str]:
+    """``plots``: the plots' file names, by section option."""
     lines = [f"## {device.device.upper()}", ""]
     for option, section in device.sections().items():
         run = f", run {run_numbers[section.run.started]}" if len(run_numbers) > 1 else ""
         lines += [f"### {TITLES[option]} (`--only {option}`{run})", ""]
         if isinstance(section, SystemsSection):
-            lines += systems_section(section, plots)
+            lines += systems_section(section, plots.get(option, []))
         elif isinstance(section, ServiceThroughputSection):
             lines += throughput_section(section)
+        elif isinstance(section, PrecisionsSection):
+            lines += precisions_section(section, plots.get(option, []))
         else:
             lines += export_section(section)
     return lines
@@ -286,10 +241,11 @@ def header(result: BenchResult, run_numbers: dict[str, int]) -> list[str]:
     return [*lines, ""]
 
 
-def markdown(result: BenchResult, plots: dict[str, list[str]]) -> str:
-    """The report; a section measured by another run than the rest names its run."""
+def markdown(result: BenchResult, plots: dict[str, dict[str, list[str]]]) -> str:
+    """The report; a section measured by another run than the rest names its run. ``plots``: device -> section option ->
+    the plots' file names."""
     run_numbers = {run.started: number for number, run in enumerate(result.runs(), 1)}
     lines = header(result, run_numbers)
     for device in result.devices:
-        lines += device_section(device, plots.get(device.device, []), run_numbers)
+        lines += device_section(device, plots.get(device.device, {}), run_numbers)
     return "\n".join(lines)

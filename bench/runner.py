@@ -1,7 +1,8 @@
 """One benchmark run: per device, each asked section in turn, all on the same fixed set of JPEGs.
 
 The sections (bench.figures.SECTIONS) run in this order: systems (servers in processes of their own),
-service-throughput (the batcher in this process against the service), export-speed (it loads torch here).
+service-throughput (the batcher in this process against the service), export-speed (it loads torch here),
+precisions (every engine and precision: raw graphs here, then their servers, then the eager checkpoint's mAP).
 Progress goes to stderr.
 """
 
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import export_speed, service_throughput, systems
+from bench import export_speed, precisions, service_throughput, systems
 from bench.config import BenchConfig, progress
 from bench.figures import BenchResult, DeviceResult, Run
 from bench.images import ImageSet, write_images
@@ -54,6 +55,8 @@ def run_device(config: BenchConfig, manifest: ModelManifest, images: ImageSet, d
         result.service_throughput = service_throughput.measure(config, manifest, images, device, this_run)
     if "export-speed" in config.sections:
         result.export_speed = export_speed.measure(config, manifest, images, device, this_run)
+    if "precisions" in config.sections:
+        result.precisions = precisions.measure(config, manifest, images, device, this_run)
     return result
 
 

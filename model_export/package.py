@@ -30,8 +30,7 @@ class OnnxPredictor:
     def run(self, canvases: np.ndarray, score_threshold: float, iou_threshold: float) -> list[Detections]:
         results: list[Detections] = []
         for start in range(0, len(canvases), self.engine.max_batch):
-            out = self.engine.run(canvases[start : start + self.engine.max_batch], score_threshold, iou_threshold)
-            results += [Detections(out.boxes[i, :n], out.scores[i, :n], out.labels[i, :n]) for i, n in enumerate(out.num_detections)]
+            results += self.engine.run(canvases[start : start + self.engine.max_batch], score_threshold, iou_threshold).per_image()
         return results
 
     def __call__(self, canvases: np.ndarray) -> list[Detections]:

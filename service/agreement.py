@@ -4,22 +4,18 @@ service's check of a reduced precision on the machine that would serve it (NumPy
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
 
 import numpy as np
 
 
-class ImageDetections(Protocol):
-    """One image's detections: boxes (ndarray[N, 4] x1, y1, x2, y2), scores (ndarray[N]), labels (ndarray[N])."""
+@dataclass(frozen=True)
+class Detections:
+    """One image's detections. boxes (ndarray[N, 4]): x1, y1, x2, y2 in canvas pixels; scores (ndarray[N]); labels (ndarray[N])."""
 
-    @property
-    def boxes(self) -> np.ndarray: ...
-
-    @property
-    def scores(self) -> np.ndarray: ...
-
-    @property
-    def labels(self) -> np.ndarray: ...
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -33,9 +29,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def found_again(
-    reference: Sequence[ImageDetections], candidate: Sequence[ImageDetections], score: float, min_iou: float
-) -> tuple[float, int]:
+def found_again(reference: Sequence[Detections], candidate: Sequence[Detections], score: float, min_iou: float) -> tuple[float, int]:
     """(share found, how many): the reference's detections at ``score`` that a candidate detection at ``score`` of the
     same label overlaps with IoU >= ``min_iou``, image by image."""
     found = total = 0

@@ -8,6 +8,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.agreement import Detections
 from service.manifest import GraphPrecision
 
 # What an engine is asked to compute in (DETECTOR_PRECISION): f32 and bf16 run the package's float graph
@@ -31,6 +32,10 @@ class BatchOutput:
 
     def __len__(self) -> int:
         return int(self.num_detections.shape[0])
+
+    def per_image(self) -> list[Detections]:
+        """Each image's detections, without the padding rows."""
+        return [Detections(self.boxes[i, :n], self.scores[i, :n], self.labels[i, :n]) for i, n in enumerate(self.num_detections.tolist())]
 
 
 class Engine(Protocol):

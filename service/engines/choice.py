@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.agreement import found_again
+from service.agreement import Detections, found_again
 from service.cpu import cpu_has_bf16, cpu_has_vnni
 from service.engines.base import BatchOutput, Engine, Precision
 from service.manifest import ModelManifest, PackageError
@@ -192,7 +192,7 @@ def _trial(
     except Exception as error:  # any engine's own failure to build or run: this candidate is out, the next is tried
         log.warning("candidate failed", extra={"configuration": str(configuration), "error": str(error)})
         return None, trial.model_copy(update={"detail": str(error)})
-    recall, _ = found_again(_images(float_outputs), _images(outputs), MATCH_SCORE, MATCH_IOU)
+    recall, _ = found_again(_per_image(float_outputs), _per_image(outputs), MATCH_SCORE, MATCH_IOU)
     trial = trial.model_copy(update={"recall": round(recall, 4), "ms_per_image": round(ms, 2), "float_ms_per_image": round(float_ms, 2)})
     needed = min_recall(manifest, configuration)
     if recall < needed:
@@ -206,21 +206,6 @@ def min_recall(manifest: ModelManifest, configuration: Configuration) -> float:
     """The export gate's threshold for this precision's graph; the default for one it has no gate of (bf16)."""
     gates = [graph.accuracy.min_recall for graph in manifest.graphs if graph.precision == configuration.precision]
     return gates[0] if gates else DEFAULT_MIN_RECALL
-
-
-@dataclass(frozen=True)
-class _Found:
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-
-
-def _images(batches: list[BatchOutput]) -> list[_Found]:
-    """Each image's detections from the padded batch outputs."""
-    found = []
-    for out in batches:
-        found += [_Found(out.boxes[i, :n], out.scores[i, :n], out.labels[i, :n]) for i, n in enumerate(out.num_detections.tolist())]
-    return found
 
 
 def run_probe(engines: Sequence[Engine], probe: np.ndarray, iou_threshold: float) -> list[tuple[list[BatchOutput], float]]:
@@ -268,6 +253,10 @@ def _nothing_to_try(settings: Settings, manifest: ModelManifest, machine: Machin
         f"{'installed' if machine.openvino else 'not installed'}, the CPU has {'no ' if not machine.bf16 else ''}bf16, "
         f"DETECTOR_ENGINE={settings.engine}"
     )
+
+
+def _per_image(batches: list[BatchOutput]) -> list[Detections]:
+    return [found for batch in batches for found in batch.per_image()]
 
 
 def _summary(trial: Trial) -> str:

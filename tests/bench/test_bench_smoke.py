@@ -1,5 +1,6 @@
 """`python -m bench --quick` end to end on a small real model: every section produces its figures (not judged by
-value), and a section measured alone is merged into the report, keeping the run that measured each."""
+value), and a section measured alone is merged into the report, keeping the run that measured each. The precisions
+section on the default model (whose classes are the synthetic scenes'), for its mAP against the eager checkpoint's."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def bench_model(tmp_path_factory: pytest.TempPathFactory, small_model: LoadedMod
 def run_bench(model: tuple[Path, Path], out: Path, *options: str) -> subprocess.CompletedProcess[str]:
     checkpoint, package = model
     command = [sys.executable, "-m", "bench", "--quick", "--devices", "cpu", "--threads", "1", *options]
-    command += ["--checkpoint", str(checkpoint), "--package", str(package), "--out", str(out)]
+    command += ["--checkpoint", str(checkpoint), "--package", str(package), "--out", str(out), "--cache", str(out / "cache")]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=420)
 
 
@@ -52,14 +53,20 @@ def test_quick_run_writes_the_json_the_table_and_the_plots(quick_run: tuple[subp
     done, out = quick_run
     assert done.returncode == 0, done.stderr[-3000:]
     device = cpu_sections(out)
-    runs = [device[name]["run"] for name in ("systems", "service_throughput", "export_speed")]
-    assert runs[0] == runs[1] == runs[2], "one run measured every section"
+    runs = [device[name]["run"] for name in ("systems", "service_throughput", "export_speed", "precisions")]
+    assert runs[0] == runs[1] == runs[2] == runs[3], "one run measured every section"
     assert runs[0]["quick"] is True and runs[0]["machine"]["cores"] >= 1 and runs[0]["machine"]["onnxruntime"]
     assert 0 <= runs[0]["others_cpu_share"] <= 1, "how much of the cores other work took is measured"
     table = (out / "bench.md").read_text()
     for needle in ("| system | clients |", "raw engine (no HTTP)", "naive eager FastAPI", "batching on / naive", "Goals:"):
         assert needle in table, needle
-    for needle in ("### Service throughput", "raw engine behind the batcher", "### Export speed", "| batch | eager ms/image |"):
+    for needle in (
+        "### Service throughput",
+        "raw engine behind the batcher",
+        "### Export speed",
+        "| batch | eager ms/image |",
+        "### Precisions",
+    ):
         assert needle in table, needle
     for figure in ("throughput", "p99"):
         assert (out / f"bench-cpu-{figure}.png").read_bytes().startswith(PNG_SIGNATURE)
@@ -124,3 +131,47 @@ def test_a_section_run_alone_is_merged_into_the_report(
     assert "--only export-speed" in after["export_speed"]["run"]["command"]
     table = (out / "bench.md").read_text()
     assert "- Run 1:" in table and "- Run 2:" in table and "(`--only export-speed`, run 2)" in table
+
+
+def run_precisions(out: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """``--quick --only precisions`` on the default model, its two f32 configurations, a few requests and scenes."""
+    command = [sys.executable, "-m", "bench", "--quick", "--only", "precisions", "--devices", "cpu", "--threads", "1"]
+    command += ["--clients", "1,4", "--requests", "4", "--eval-images", "4", "--cache", str(out / "cache"), "--out", str(out), *options]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=420)
+
+
+def test_precisions_measures_each_configuration_raw_served_and_scored_against_eager(tmp_path: Path) -> None:
+    done = run_precisions(tmp_path, "--configurations", "onnxruntime-f32,openvino-f32,auto")
+    assert done.returncode == 0, done.stderr[-3000:]
+    section = cpu_sections(tmp_path)["precisions"]
+    rows = {row["name"]: row for row in section["rows"]}
+    assert list(rows) == ["onnxruntime-f32", "openvino-f32", "auto"] and section["baseline"] == "onnxruntime-f32"
+    assert section["eval_set"] == {"seed": 13, "images": 4, "score_threshold": 0.05, "unscored": None}
+    eager = section["eager"]
+    assert eager["detections"] > 0
+    for name, row in rows.items():
+        assert row["skipped"] is None, row["skipped"]
+        assert [raw["batch"] for raw in row["raw"]] == [1, 8, 16] and all(raw["images_per_s"] > 0 for raw in row["raw"])
+        assert row["service"]["error"] is None and [level["load"]["status"] for level in row["service"]["levels"]] == [{"200": 4}] * 2
+        served = row["service"]["runtime"]
+        assert (row["engine"]["engine"], row["engine"]["precision"]) == (served["engine"], served["precision"]), name
+        assert row["accuracy"]["detections"] > 0 and row["throughput_ratio"] > 0 and row["latency_ratio"] > 0
+    for name, engine in (("onnxruntime-f32", "onnxruntime"), ("openvino-f32", "openvino")):
+        assert (rows[name]["engine"]["engine"], rows[name]["engine"]["precision"]) == (engine, "fp32")
+        # The same float graph as the checkpoint: its mAP on the same scenes is the eager model's.
+        assert abs(rows[name]["accuracy"]["map"] - eager["map"]) <= 0.01
+    assert rows["auto"]["settings"] == {}, "auto is the service with its defaults; its raw engine is the one it chose"
+    assert rows["onnxruntime-f32"]["throughput_ratio"] == rows["onnxruntime-f32"]["latency_ratio"] == 1.0
+    assert [goal["met"] is not None for goal in section["goals"]] == [True] * 3
+    table = (tmp_path / "bench.md").read_text()
+    for needle in ("### Precisions (`--only precisions`)", "| configuration | runs on |", "| eager checkpoint |", "OpenVINO f32"):
+        assert needle in table, needle
+    assert (tmp_path / "bench-cpu-precisions.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert (tmp_path / "cache" / "synth-seed13-4" / "annotations.json").is_file(), "the scenes are kept for the next run"
+
+
+def test_precisions_refuses_an_unknown_configuration(tmp_path: Path) -> None:
+    done = run_precisions(tmp_path, "--configurations", "onnxruntime-f32,openvino-f16")
+    assert done.returncode == 2
+    assert "no configuration openvino-f16" in done.stderr and "openvino-bf16" in done.stderr
+    assert not (tmp_path / "bench.json").exists()

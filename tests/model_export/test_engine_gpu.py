@@ -24,7 +24,7 @@ from model_export.engine import EngineConfig, build_engine
 from model_export.package import OnnxPredictor
 from model_export.parity import ParityReport, compare_detections
 from model_export.synth import generate_image, write_dataset
-from service.engines.base import BatchOutput, Engine
+from service.engines.base import Engine
 from service.engines.engine_manifest import EngineManifest, Precision
 from service.engines.tensorrt import TensorRTEngine
 from service.letterbox import letterbox
@@ -72,10 +72,6 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> BuiltEngines:
     return BuiltEngines(package)
 
 
-def detections_of(output: BatchOutput) -> list[Detections]:
-    return [Detections(output.boxes[i, :n], output.scores[i, :n], output.labels[i, :n]) for i, n in enumerate(output.num_detections)]
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_matches_onnxruntime_at_every_batch_size(
@@ -90,7 +86,7 @@ def test_engine_matches_onnxruntime_at_every_batch_size(
         for batch in (1, 2, 5, 16):
             report = ParityReport()
             for start in range(0, IMAGES, batch):
-                found = detections_of(engine.run(canvases[start : start + batch], SCORE_THRESHOLD, manifest.iou_threshold))
+                found = engine.run(canvases[start : start + batch], SCORE_THRESHOLD, manifest.iou_threshold).per_image()
                 assert len(found) == len(canvases[start : start + batch])
                 for i, got in enumerate(found):
                     tolerance = 2e-2 if fp16 else 1e-3
@@ -118,7 +114,7 @@ def test_onnxruntime_cuda_provider_matches_cpu(canvases: np.ndarray, expected: l
     engine = OnnxRuntimeEngine(DEFAULT_PACKAGE, manifest, providers=["cuda", "cpu"])
     assert engine.providers[0] == "CUDAExecutionProvider"
     report = ParityReport()
-    for want, got in zip(expected[:8], detections_of(engine.run(canvases[:8], SCORE_THRESHOLD, manifest.iou_threshold)), strict=True):
+    for want, got in zip(expected[:8], engine.run(canvases[:8], SCORE_THRESHOLD, manifest.iou_threshold).per_image(), strict=True):
         report.add(compare_detections(want, got, SCORE_THRESHOLD, manifest.max_detections))
     assert report.compared > 0, "nothing was compared: the images gave no detections"
     assert report.matched_fraction >= 0.99, report.to_json()
@@ -146,7 +142,7 @@ def detect(engine: Engine, canvases: np.ndarray, manifest: ModelManifest) -> lis
     """The engine's detections at the gate's score threshold and the package's IoU threshold, a batch of the gate's size at a time."""
     found: list[Detections] = []
     for start in range(0, len(canvases), GATE.batch_size):
-        found += detections_of(engine.run(canvases[start : start + GATE.batch_size], GATE.map_score_threshold, manifest.iou_threshold))
+        found += engine.run(canvases[start : start + GATE.batch_size], GATE.map_score_threshold, manifest.iou_threshold).per_image()
     return found
 
 

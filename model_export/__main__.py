@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING
 from model_export.arch_names import ARCH_NAMES, COMPACT_ARCH
 from model_export.cli_options import config_from, config_option
 from model_export.command_errors import CheckpointError, CommandError
-from model_export.config import DEFAULT_CANVAS, EngineConfig, ExportConfig, SynthConfig, TrainConfig, parse_profile
+from model_export.config import DEFAULT_CANVAS, EngineConfig, EvaluateConfig, ExportConfig, SynthConfig, TrainConfig, parse_profile
 from model_export.int8_command import add_int8_options, add_quantize, int8_sets, write_int8_graph
 from service.manifest import PackageError
 
 if TYPE_CHECKING:  # the command line imports torch only for the subcommands that need it
     from model_export.checkpoint import LoadedModel
     from model_export.coco import CocoDataset
+    from model_export.detections import BatchPredictor
     from model_export.train import EpochCallback
 
 
@@ -48,11 +49,21 @@ def _canvas_text(canvas: tuple[int, int]) -> str:
 
 
 def _add_synth(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("synth", help="generate a synthetic COCO data set of shapes")
+    parser = commands.add_parser(
+        "synth",
+        help="generate a synthetic COCO data set of shapes",
+        description="Shapes on textured scenes or on photos (random crops, scales, flips, colour jitter): scikit-image's training photos, or a folder (--backgrounds). Check sets for a model trained on them, from the photos kept out of training (model_export.backgrounds.SKIMAGE_HELD_OUT): shapes on them with --held-out-photos --empty-fraction 0; the photos bare (no shape) with --held-out-photos --photos-only.",
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory to write annotations.json and images/ into")
     config_option(parser, SynthConfig, "--count", "number of images", type=_positive)
-    config_option(parser, SynthConfig, "--seed", "random seed; the same seed gives the same bytes", type=int)
+    config_option(parser, SynthConfig, "--seed", "random seed; the same seed (and photos) gives the same bytes", type=int)
     config_option(parser, SynthConfig, "--size-scale", "scale of the image sizes, about 320 px at 1.0", type=float)
+    config_option(parser, SynthConfig, "--empty-fraction", "share of images that hold no shape (pure negatives)", type=float)
+    photos = parser.add_argument_group("photo backgrounds")
+    config_option(photos, SynthConfig, "--photo-fraction", "share of images on a photo (default 0; 1 if photos are asked for)", type=float)
+    config_option(photos, SynthConfig, "--backgrounds", "photos from this folder (and its subfolders) instead of scikit-image's", type=Path)
+    config_option(photos, SynthConfig, "--held-out-photos", "scikit-image's photos kept out of training only", action="store_true")
+    config_option(photos, SynthConfig, "--photos-only", "every image a bare photo crop: no shape, no noise", action="store_true")
     parser.set_defaults(run=_run_synth)
 
 
@@ -134,7 +145,11 @@ def _validator(val: CocoDataset) -> EpochCallback:
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("evaluate", help="COCO mAP of a checkpoint (or an exported package) on a data set")
+    parser = commands.add_parser(
+        "evaluate",
+        help="COCO mAP and false alarms of a checkpoint (or an exported package) on a data set",
+        description="COCO mAP on a data set, and false alarms: detections per image at --false-alarm-score or above on images that hold no object, the data set's own (images without annotations) and a folder's (--negatives).",
+    )
     parser.add_argument("--data", type=Path, required=True, help="data set directory (annotations.json + images)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate with torchvision (eager)")
@@ -142,33 +157,44 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--arch", choices=sorted(ARCH_NAMES), help="architecture of a plain state_dict")
     parser.add_argument("--categories", type=Path, help="class names of a plain state_dict")
     parser.add_argument("--canvas", type=parse_canvas, help="canvas HxW (default: the checkpoint's)")
-    parser.add_argument("--json", type=Path, help="write map, map50 and per_class here")
+    parser.add_argument("--negatives", type=Path, help="folder of photos holding no object (of a COCO set: its images without any)")
+    config_option(parser, EvaluateConfig, "--false-alarm-score", "the least score of a false alarm on an empty image", type=float)
+    parser.add_argument("--json", type=Path, help="write map, map50, per_class and false_alarms here")
     parser.add_argument("--plot", type=Path, help="write the precision-recall plot here (default: beside --json)")
-    parser.add_argument("--batch-size", type=_positive, default=8)
+    config_option(parser, EvaluateConfig, "--batch-size", "images per batch", type=_positive)
     parser.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
+    from model_export.backgrounds import read_photo_folder
     from model_export.coco import load_dataset
-    from model_export.evaluate import eager_predictor, evaluate, format_table, write_report
+    from model_export.evaluate import evaluate, format_table, write_report
 
+    config = config_from(EvaluateConfig, args)
     dataset = load_dataset(args.data)
-    if args.package is not None:
-        from model_export.package import OnnxPredictor
-
-        predictor = OnnxPredictor(args.package)
-        report = evaluate(predictor, dataset, predictor.manifest.canvas, args.batch_size, predictor.manifest.categories)
-    else:
-        from model_export.checkpoint import load_checkpoint, read_categories
-
-        given = read_categories(args.categories) if args.categories else None
-        loaded = load_checkpoint(args.checkpoint, arch=args.arch, categories=given, canvas=args.canvas)
-        report = evaluate(eager_predictor(loaded.model), dataset, loaded.canvas, args.batch_size, loaded.categories)
+    negatives = read_photo_folder(args.negatives, "--negatives") if args.negatives else None  # checked before a model loads
+    predict, canvas, categories = _model_to_evaluate(args)
+    report = evaluate(predict, dataset, canvas, config.batch_size, categories, negatives, config.false_alarm_score)
     print(format_table(report))
     plot = args.plot or (args.json.with_suffix(".pr.png") if args.json else None)
     write_report(report, args.json, plot)
     if args.json:
         print(json.dumps(report.to_json()))
+
+
+def _model_to_evaluate(args: argparse.Namespace) -> tuple[BatchPredictor, tuple[int, int], list[str]]:
+    """The model that ``evaluate`` runs: its predictor, canvas [H, W] and class names."""
+    if args.package is not None:
+        from model_export.package import OnnxPredictor
+
+        predictor = OnnxPredictor(args.package)
+        return predictor, predictor.manifest.canvas, predictor.manifest.categories
+    from model_export.checkpoint import load_checkpoint, read_categories
+    from model_export.evaluate import eager_predictor
+
+    given = read_categories(args.categories) if args.categories else None
+    loaded = load_checkpoint(args.checkpoint, arch=args.arch, categories=given, canvas=args.canvas)
+    return eager_predictor(loaded.model), loaded.canvas, loaded.categories
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:

@@ -39,3 +39,12 @@ class CalibrationError(CommandError, ValueError):
 
 class AccuracyGateError(CommandError, RuntimeError):
     """A reduced-precision graph missed its accuracy gate; the message gives the figures and by how much it missed."""
+
+
+class OptionError(CommandError, ValueError):
+    """Options out of range or at odds with each other (synthetic data, evaluation); the message names the option."""
+
+
+class PhotoFolderError(CommandError, ValueError):
+    """A folder of photos (``synth --backgrounds``, ``evaluate --negatives``) that is missing, empty or holds no usable
+    image; the message names the folder."""

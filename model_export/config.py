@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from model_export.command_errors import CalibrationError, EngineBuildError, ExportError
+from model_export.command_errors import CalibrationError, EngineBuildError, ExportError, OptionError
 
 # The canvas (H, W) of a model that has none yet: one built from scratch, or a checkpoint that names none.
 DEFAULT_CANVAS = (320, 320)
@@ -23,7 +23,52 @@ class SynthConfig:
     seed: int = 0
     # Scales every entry of synth.IMAGE_SIZES; 1.0 keeps them about 320 px.
     size_scale: float = 1.0
-    empty_fraction: float = 0.08
+    empty_fraction: float = 0.08  # share of images that hold no shape: pure negatives
+    # Photo backgrounds (model_export.backgrounds): the share of images drawn on a random crop of a photo (scaled,
+    # flipped, colour-jittered) instead of a textured scene. The photos are scikit-image's training photos, its
+    # held-out ones (held_out_photos, for check sets only), or the folder `backgrounds`. None: no photo (today's
+    # scenes, which the committed default model was trained on) unless photos are asked for, then every image.
+    photo_fraction: float | None = None
+    backgrounds: Path | None = None
+    held_out_photos: bool = False
+    # Every image a bare photo crop: no shape, no distractor, no noise; a check set of real photos without objects.
+    photos_only: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("empty_fraction", "photo_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise OptionError(f"{name} should be within 0..1, got {value}")
+        if self.backgrounds is not None and self.held_out_photos:
+            raise OptionError(f"--backgrounds {self.backgrounds} and --held-out-photos each choose the photos: ask for one")
+        if self.photos_asked and self.photo_fraction == 0:
+            raise OptionError("photos were asked for (--backgrounds, --held-out-photos or --photos-only) with --photo-fraction 0")
+        if self.photos_only and self.photo_fraction not in (None, 1.0):
+            raise OptionError(f"--photos-only makes every image a bare photo: --photo-fraction {self.photo_fraction} contradicts it")
+
+    @property
+    def photos_asked(self) -> bool:
+        return self.backgrounds is not None or self.held_out_photos or self.photos_only
+
+    @property
+    def photo_share(self) -> float:
+        """The share of images on a photo: photo_fraction, or where it is unset 1.0 if photos are asked for, else 0.0."""
+        if self.photo_fraction is not None:
+            return self.photo_fraction
+        return 1.0 if self.photos_asked else 0.0
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 8
+    # A false alarm: a detection at this score or above (the service's default threshold) on an image holding no object.
+    false_alarm_score: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise OptionError(f"batch_size should be at least 1, got {self.batch_size}")
+        if not 0 <= self.false_alarm_score <= 1:
+            raise OptionError(f"false_alarm_score should be within 0..1, got {self.false_alarm_score}")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""COCO evaluation with pycocotools: mAP@[.5:.95], mAP@.5, per-class AP, a precision-recall plot."""
+"""COCO evaluation with pycocotools: mAP@[.5:.95], mAP@.5, per-class AP, a precision-recall plot; and false alarms.
+
+A false alarm is a detection at ``false_alarm_score`` or above on an image that holds no object: the data set's
+images without annotations, and the photos of a folder of negatives (``evaluate --negatives``). They are counted
+per image, the figure a user of the service meets on a photo holding nothing the model knows.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,27 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
+from model_export.calibration import ImageSet
 from model_export.coco import CocoDataset, DatasetError, ImageRecord, open_image
+from model_export.config import EvaluateConfig
 from model_export.detections import BatchPredictor, Detections
 from service.letterbox import letterbox
+
+
+@dataclass(frozen=True)
+class FalseAlarms:
+    """Detections at ``score_threshold`` or above on ``images`` images that hold no object: each one is a false alarm."""
+
+    images: int
+    detections: int
+    score_threshold: float
+
+    @property
+    def per_image(self) -> float | None:
+        return self.detections / self.images if self.images else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": self.images, "detections": self.detections, "per_image": self.per_image, "score_threshold": self.score_threshold}
 
 
 @dataclass
@@ -32,6 +55,8 @@ class EvalReport:
     precision: np.ndarray = field(repr=False)
     # mAP@[.5:.95] by object area: small (< 32^2 px), medium, large (> 96^2 px); -1 where there are none.
     by_area: dict[str, float] = field(default_factory=dict)
+    # By where the empty images come from: "dataset" (its images without annotations), "negatives" (a folder).
+    false_alarms: dict[str, FalseAlarms] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +66,7 @@ class EvalReport:
             "by_area": self.by_area,
             "images": self.images,
             "detections": self.detections,
+            "false_alarms": {source: alarms.to_json() for source, alarms in self.false_alarms.items()},
         }
 
 
@@ -105,7 +131,20 @@ def format_table(report: EvalReport) -> str:
     lines += ["-" * 28, f"{'mAP@[.5:.95]':<20}{report.map:>8.3f}", f"{'mAP@.5':<20}{report.map50:>8.3f}"]
     lines += [f"{'mAP ' + area:<20}{value:>8.3f}" for area, value in report.by_area.items()]
     lines.append(f"({report.images} images, {report.detections} detections)")
-    return "\n".join(lines)
+    return "\n".join(lines + _false_alarm_lines(report.false_alarms))
+
+
+def _false_alarm_lines(false_alarms: dict[str, FalseAlarms]) -> list[str]:
+    if not false_alarms:
+        return []
+    threshold = next(iter(false_alarms.values())).score_threshold
+    lines = ["-" * 28, f"false alarms per image at score >= {threshold:g}, on images holding no object:"]
+    for source, alarms in false_alarms.items():
+        if alarms.per_image is None:
+            lines.append(f"{source:<20}{'-':>8}  (no image without objects)")
+        else:
+            lines.append(f"{source:<20}{alarms.per_image:>8.3f}  ({alarms.detections} detections on {alarms.images} images)")
+    return lines
 
 
 def plot_precision_recall(report: EvalReport, path: Path) -> None:
@@ -158,11 +197,40 @@ def eager_predictor(model: Any) -> BatchPredictor:
 
 
 def evaluate(
-    predict: BatchPredictor, dataset: CocoDataset, canvas: tuple[int, int], batch_size: int = 8, model_categories: list[str] | None = None
+    predict: BatchPredictor,
+    dataset: CocoDataset,
+    canvas: tuple[int, int],
+    batch_size: int = EvaluateConfig.batch_size,
+    model_categories: list[str] | None = None,
+    negatives: ImageSet | None = None,
+    false_alarm_score: float = EvaluateConfig.false_alarm_score,
 ) -> EvalReport:
-    """COCO metrics of a model on a data set. The model's class names must be the data set's, in order."""
+    """COCO metrics of a model on a data set, and its false alarms on the set's images without objects and on
+    ``negatives`` (photos holding none). The model's class names must be the data set's, in order."""
     if model_categories is not None and model_categories[1:] != dataset.categories[1:]:
         raise DatasetError(
             f"{dataset.annotations_path}: the model's classes {model_categories[1:]} differ from the data set's {dataset.categories[1:]}"
         )
-    return coco_metrics(dataset, predict_dataset(predict, dataset, canvas, batch_size))
+    results = predict_dataset(predict, dataset, canvas, batch_size)
+    report = coco_metrics(dataset, results)
+    report.false_alarms["dataset"] = dataset_false_alarms(dataset, results, false_alarm_score)
+    if negatives is not None:
+        report.false_alarms["negatives"] = folder_false_alarms(predict, negatives, canvas, batch_size, false_alarm_score)
+    return report
+
+
+def dataset_false_alarms(dataset: CocoDataset, results: list[dict[str, Any]], score_threshold: float) -> FalseAlarms:
+    """False alarms on the data set's images that hold no object (crowd regions aside), from its COCO results (``predict_dataset``)."""
+    empty = {record.image_id for record in dataset.images if len(record.boxes) == 0}
+    found = sum(1 for result in results if result["image_id"] in empty and result["score"] >= score_threshold)
+    return FalseAlarms(len(empty), found, score_threshold)
+
+
+def folder_false_alarms(
+    predict: BatchPredictor, negatives: ImageSet, canvas: tuple[int, int], batch_size: int, score_threshold: float
+) -> FalseAlarms:
+    """False alarms on photos holding no object, letterboxed onto the canvas as the service does it."""
+    found = 0
+    for canvases in tqdm(negatives.batches(canvas, batch_size), desc="negatives", unit="batch", leave=False):
+        found += sum(int((detections.scores >= score_threshold).sum()) for detections in predict(canvases))
+    return FalseAlarms(len(negatives), found, score_threshold)

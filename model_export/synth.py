@@ -12,7 +12,13 @@ What makes it a fair test of a two-stage detector:
   shapes cut by the image border; boxes cover the visible pixels, as COCO's do;
 * textured, noisy backgrounds with distractors (lines, jagged blobs) that
   belong to no class;
-* 0 to 12 objects per image (some images empty), images of several sizes.
+* 0 to 12 objects per image (some images empty), images of several sizes;
+* optionally (``SynthConfig.photo_fraction``), real photographs as backgrounds
+  (``model_export.backgrounds``): shapes on photos, and empty photos as pure
+  negatives. A photo replaces only the background: whether an image gets one,
+  and which crop, are drawn from a generator of their own, so the scenes
+  without a photo, and the places and boxes of the shapes on one, are those
+  of a set without photos.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from model_export.backgrounds import PhotoPool, folder_pool, photo_background, skimage_pool
 from model_export.config import SynthConfig
 
 CATEGORIES = ["circle", "triangle", "square", "star", "cross", "ring", "arrow"]
@@ -36,6 +43,25 @@ IMAGE_SIZES = [(320, 320), (384, 288), (288, 384), (320, 240), (240, 320), (352,
 MIN_OBJECT_PX = 12
 MAX_OBJECTS = 12
 MIN_VISIBLE_FRACTION = 0.5
+PHOTO_STREAM = 1  # the photo draws' generator is seeded [seed, index, PHOTO_STREAM], apart from the scene's [seed, index]
+
+
+@dataclass(frozen=True)
+class PhotoScenes:
+    """How a set uses photos: the share of images on a crop of one of ``pool``'s photos; with ``bare``, each such
+    image is the photo crop alone (no shape, no distractor, no noise)."""
+
+    pool: PhotoPool
+    fraction: float
+    bare: bool = False
+
+
+def photo_scenes(config: SynthConfig) -> PhotoScenes | None:
+    """The photos that ``config`` asks for, or None for today's textured scenes only."""
+    if config.photo_share == 0:
+        return None
+    pool = folder_pool(config.backgrounds) if config.backgrounds is not None else skimage_pool(config.held_out_photos)
+    return PhotoScenes(pool, config.photo_share, config.photos_only)
 
 
 def _unit_polygon(category: str) -> list[list[tuple[float, float]]]:
@@ -174,13 +200,23 @@ def _layout(rng: np.random.Generator, width: int, height: int, count: int) -> li
 
 
 def generate_image(
-    seed: int, index: int, size_scale: float = SynthConfig.size_scale, empty_fraction: float = SynthConfig.empty_fraction
+    seed: int,
+    index: int,
+    size_scale: float = SynthConfig.size_scale,
+    empty_fraction: float = SynthConfig.empty_fraction,
+    photos: PhotoScenes | None = None,
 ) -> tuple[Image.Image, list[dict]]:
-    """One image and its annotations (COCO dicts without ids). Depends only on its arguments."""
+    """One image and its annotations (COCO dicts without ids). Depends only on its arguments (and the photos' files).
+    Without ``photos`` it is today's textured scene, the one the committed default model was trained on."""
     rng = np.random.default_rng([seed, index])
     base_w, base_h = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     width, height = max(64, round(base_w * size_scale)), max(64, round(base_h * size_scale))
-    pixels = _background(rng, width, height)
+    photo = _photo(seed, index, width, height, photos)
+    if photo is not None and photos is not None and photos.bare:
+        return Image.fromarray(photo.astype(np.uint8)), []
+    # Drawn under a photo too: the scene's later draws (distractors, shapes, their boxes) stay the ones of its seed.
+    texture = _background(rng, width, height)
+    pixels = texture if photo is None else photo
     canvas = Image.fromarray(pixels.astype(np.uint8))
     _draw_distractors(rng, canvas)
     pixels = np.asarray(canvas, dtype=np.float32).copy()
@@ -189,13 +225,26 @@ def generate_image(
     objects = _layout(rng, width, height, count)
     background_mean = pixels.reshape(-1, 3).mean(axis=0)
     for obj in objects:
+        # A photo is not one colour: the paint must stand out from what lies under the shape, not from the mean.
+        under = background_mean if photo is None else pixels[obj.mask].mean(axis=0)
         # Visible masks are disjoint (each pixel shows its topmost shape), so painting order is free.
-        fill = _object_fill(rng, width, height, background_mean)
+        fill = _object_fill(rng, width, height, under)
         pixels = np.where(obj.mask[..., None], fill, pixels)
 
     noisy = pixels + rng.normal(0, rng.uniform(2, 10), size=pixels.shape)
     image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
     return image, [_annotation(obj) for obj in objects]
+
+
+def _photo(seed: int, index: int, width: int, height: int, photos: PhotoScenes | None) -> np.ndarray | None:
+    """The image's photo background (float32 [H, W, 3]), or None for a textured scene. Its draws come from a
+    generator of their own, so that the scenes without a photo stay as they are in a set without photos."""
+    if photos is None:
+        return None
+    rng = np.random.default_rng([seed, index, PHOTO_STREAM])
+    if rng.random() >= photos.fraction:
+        return None
+    return photo_background(rng, photos.pool, width, height)
 
 
 def _annotation(obj: _Object) -> dict:
@@ -211,20 +260,24 @@ def _annotation(obj: _Object) -> dict:
 
 def write_dataset(out_dir: Path, config: SynthConfig) -> Path:
     """Writes ``annotations.json`` and ``images/*.png`` under ``out_dir``; returns the JSON path."""
+    photos = photo_scenes(config)  # a bad --backgrounds folder fails before any image is written
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     images: list[dict] = []
     annotations: list[dict] = []
     for index in tqdm(range(config.count), desc="synth", unit="img"):
-        image, objects = generate_image(config.seed, index, config.size_scale, config.empty_fraction)
+        image, objects = generate_image(config.seed, index, config.size_scale, config.empty_fraction, photos)
         file_name = f"images/{index:06d}.png"
         image.save(out_dir / file_name, format="PNG", optimize=False)
         image_id = index + 1
         images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
         for obj in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **obj})
+    info: dict[str, object] = {"description": "synthetic shapes", "seed": config.seed, "count": config.count}
+    if photos is not None:  # only then: a set without photos keeps the bytes it always had
+        info["photo_backgrounds"] = {"fraction": photos.fraction, "bare": photos.bare, **photos.pool.describe()}
     dataset = {
-        "info": {"description": "synthetic shapes", "seed": config.seed, "count": config.count},
+        "info": info,
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)],

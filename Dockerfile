@@ -71,7 +71,7 @@ ENV DETECTOR_MODEL_DIR=/models/default \
     DETECTOR_PORT=8000
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('DETECTOR_PORT', '8000') + '/health/ready', timeout=2)"]
 # Exec form: python is PID 1 and gets SIGTERM itself (it turns unready, drains and exits 0).
@@ -111,7 +111,7 @@ ENV DETECTOR_MODEL_DIR=/models/default \
 VOLUME ["/var/cache/detector/trt"]
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 # A first start on a new GPU builds TensorRT engines (minutes): a long start period.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('DETECTOR_PORT', '8000') + '/health/ready', timeout=2)"]

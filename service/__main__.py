@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import socket
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -17,13 +20,51 @@ from service.main import create_app
 from service.metrics import Metrics
 from service.settings import Settings, SettingsError, load_settings
 
+if TYPE_CHECKING:
+    from service.grpc.server import GrpcServer
+
 
 class DrainingServer(uvicorn.Server):
-    """Turns readiness false the moment a stop signal arrives, before uvicorn stops accepting."""
+    """Turns readiness false the moment a stop signal arrives, before uvicorn stops accepting.
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+    With DETECTOR_GRPC_PORT, it also serves gRPC (service/grpc/) in the same event loop: started once HTTP
+    listens, and on the stop signal drained beside HTTP's connections (no new RPC, those in flight finish
+    within the grace), before the lifespan closes the detector that both protocols share.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, settings: Settings | None = None) -> None:
         super().__init__(config)
         self.app = app
+        self.settings = settings
+        self.grpc: GrpcServer | None = None
+        self.grpc_error: str | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started or self.settings is None or not self.settings.grpc_port:
+            return
+        # Imported only when asked for: grpcio is not loaded into a server that does not speak gRPC.
+        from service.grpc.server import GrpcServer
+
+        server = GrpcServer(self.app, self.settings)
+        try:
+            await server.start()
+        except RuntimeError as error:
+            self.grpc_error, self.should_exit = str(error), True
+            return
+        self.grpc = server
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc is not None and self.settings is not None:
+            grpc_drained = asyncio.create_task(self.grpc.stop(self.settings.shutdown_grace_s))
+            close_app = self.lifespan.shutdown
+
+            async def close_app_after_grpc() -> None:
+                await grpc_drained
+                await close_app()
+
+            self.lifespan.shutdown = close_app_after_grpc
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         detector = getattr(self.app.state, "detector", None)
@@ -90,12 +131,15 @@ def main() -> int:
         http="h11",
     )
     answer_connection_limit_with_a_problem(app.state.metrics)
-    server = DrainingServer(config, app)
+    server = DrainingServer(config, app, settings)
     app.state.on_load_failure = lambda: setattr(server, "should_exit", True)
     # uvicorn re-raises the stop signal after its graceful shutdown, to the handler it found at start;
     # with this one, a drained stop ends the process with 0, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
+    if server.grpc_error is not None:
+        print(f"error: {server.grpc_error}", file=sys.stderr)
+        return 1
     if app.state.load_error is not None:
         print(f"error: the model could not be loaded: {app.state.load_error}", file=sys.stderr)
         return 3

@@ -13,9 +13,11 @@ class Metrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         r = self.registry
-        self.requests = Counter("detector_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        # protocol: "http" (route: the path template, status: the HTTP status) or "grpc" (route: the RPC's method,
+        # status: the gRPC code's name, OK or INVALID_ARGUMENT say).
+        self.requests = Counter("detector_requests", "Requests by protocol, route and status", ["protocol", "route", "status"], registry=r)
         self.request_duration = Histogram(
-            "detector_request_duration_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+            "detector_request_duration_seconds", "Request latency", ["protocol", "route"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.queue_wait = Histogram(
             "detector_queue_wait_seconds", "Time a request waited for its batch", buckets=LATENCY_BUCKETS, registry=r
@@ -24,7 +26,7 @@ class Metrics:
             "detector_inference_duration_seconds", "Time of one graph run (per batch)", buckets=LATENCY_BUCKETS, registry=r
         )
         self.batch_size = Histogram("detector_batch_size", "Requests per graph run", buckets=BATCH_BUCKETS, registry=r)
-        self.in_flight = Gauge("detector_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.in_flight = Gauge("detector_requests_in_flight", "Requests being handled (HTTP and gRPC)", registry=r)
         self.queue_depth = Gauge("detector_queue_depth", "Requests waiting for a batch", registry=r)
         self.rejected = Counter("detector_rejected", "Requests refused or dropped, by reason", ["reason"], registry=r)
         self.inference_failures = Counter("detector_inference_failures", "Batches whose graph run failed", registry=r)

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # Server
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(0, ge=0, le=65535, description="the KServe v2 gRPC port (8001 as Triton's); 0: no gRPC server")
+    grpc_max_message_mb: PositiveInt = Field(64, description="the largest gRPC message received, in MiB; a larger one is refused")
     shutdown_grace_s: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -109,6 +111,18 @@ class Settings(BaseSettings):
         if not names or unknown:
             raise ValueError(f"should be 'auto' or a comma-separated list of tensorrt, cuda, cpu; got {value!r}")
         return ",".join(names)
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return 0 if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("grpc_port")
+    @classmethod
+    def _not_the_http_port(cls, value: int, info: ValidationInfo) -> int:
+        if value and value == info.data.get("port"):
+            raise ValueError(f"{value} is the HTTP port (DETECTOR_PORT); the gRPC server needs a port of its own")
+        return value
 
     @field_validator("api_keys")
     @classmethod

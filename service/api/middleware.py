@@ -48,8 +48,8 @@ class RequestContextMiddleware:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "other")
-            self.metrics.requests.labels(route=route, status=str(status)).inc()
-            self.metrics.request_duration.labels(route=route).observe(elapsed)
+            self.metrics.requests.labels(protocol="http", route=route, status=str(status)).inc()
+            self.metrics.request_duration.labels(protocol="http", route=route).observe(elapsed)
             if route not in ("/metrics", "/health/live", "/health/ready") or status >= 400:
                 log.info(
                     "request",

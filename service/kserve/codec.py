@@ -3,7 +3,10 @@
 The model speaks the protocol as one input and four outputs (service/kserve/__init__.py):
 the request's JSON header is validated by :mod:`service.kserve.messages`, then
 checked against this signature here; the images are split out of the binary
-data or decoded from base64.
+data or decoded from base64. gRPC (service/grpc/) reads its message into the
+same model and calls the same checks (:func:`read_infer_request`), options
+(:func:`detect_options`) and output tensors (:func:`output_tensors`); each
+transport only reads its envelope and writes its answer.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import binascii
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +27,7 @@ from service.detector import ImageDetections
 from service.errors import BadRequest, BodyTooLarge
 from service.kserve.messages import InferInputTensor, InferOutputTensor, InferParameters, InferRequestBody, InferResponseBody, explain
 from service.manifest import ModelManifest
+from service.options import DetectParams, detect_params
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT = "images"
@@ -81,13 +86,46 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
 def parse_infer_request(body: bytes, header_length: str | None, max_batch: int) -> InferRequest:
     """Splits the JSON header from the binary data (binary tensor extension) and reads the images."""
     header, binary = _split(body, header_length)
-    request = _validated(header)
+    return read_infer_request(_validated(header), lambda tensor: _http_elements(tensor, binary), max_batch)
+
+
+def read_infer_request(request: InferRequestBody, elements: Callable[[InferInputTensor], list[bytes]], max_batch: int) -> InferRequest:
+    """Checks a validated request against this model's signature; ``elements`` reads the input's data the transport's way.
+
+    Both transports come here: HTTP with its JSON header, gRPC with its message read into the same model
+    (service/grpc/messages.py), so that what one refuses, the other refuses with the same words.
+    """
     parameters = request.parameters or InferParameters()
-    images = _read_images(_the_input(request.inputs), binary)
+    images = _read_images(_the_input(request.inputs), elements)
     if len(images) > max_batch:
         raise ProtocolError(f"the request holds {len(images)} images; this model's max_batch_size is {max_batch}")
     return InferRequest(
         id=request.id, images=images, parameters=parameters, outputs=_requested_outputs(request, parameters.binary_data_output)
+    )
+
+
+def validated(request: dict[str, Any]) -> InferRequestBody:
+    """The request (the JSON header's object, or a gRPC message read into one) validated against the protocol."""
+    try:
+        return InferRequestBody.model_validate(request)
+    except ValidationError as error:
+        raise ProtocolError(f"the request does not follow the protocol: {explain(error)}") from error
+
+
+def detect_options(manifest: ModelManifest, parameters: InferParameters, arrived: float, deadline_s: float | None = None) -> DetectParams:
+    """The request's options checked against the model (service/options.py), as /detect checks its query.
+
+    The deadline is the shorter of Triton's ``timeout`` parameter (microseconds) and the transport's own
+    (``deadline_s``: a gRPC deadline's time left), counted from ``arrived``.
+    """
+    timeouts = [
+        timeout for timeout in (None if parameters.timeout is None else parameters.timeout / 1e6, deadline_s) if timeout is not None
+    ]
+    return detect_params(
+        manifest,
+        **parameters.model_dump(include={"score_threshold", "iou_threshold", "max_detections", "classes"}),
+        timeout_s=min(timeouts, default=None),
+        arrived=arrived,
     )
 
 
@@ -104,10 +142,7 @@ def _validated(header: bytes) -> InferRequestBody:
         request = json.loads(header)
     except (UnicodeDecodeError, ValueError) as error:
         raise ProtocolError(f"the request header is not JSON: {error} (binary data needs {HEADER_LENGTH})") from error
-    try:
-        return InferRequestBody.model_validate(request)
-    except ValidationError as error:
-        raise ProtocolError(f"the request does not follow the protocol: {explain(error)}") from error
+    return validated(request)
 
 
 def _the_input(inputs: list[InferInputTensor]) -> InferInputTensor:
@@ -118,21 +153,28 @@ def _the_input(inputs: list[InferInputTensor]) -> InferInputTensor:
     return inputs[0]
 
 
-def _read_images(tensor: InferInputTensor, binary: bytes) -> list[bytes]:
+def _read_images(tensor: InferInputTensor, elements: Callable[[InferInputTensor], list[bytes]]) -> list[bytes]:
     if tensor.datatype != "BYTES":
         raise ProtocolError(f"input {INPUT!r} has datatype {tensor.datatype!r}; this model takes BYTES (encoded images)")
     count = _batch_of(tensor.shape)
-    if tensor.parameters is not None and tensor.parameters.binary_data_size is not None:
-        images = _binary_elements(binary, tensor.parameters.binary_data_size)
-    else:
-        if binary:
-            raise ProtocolError(f"the body has {len(binary)} bytes after the header, but no input declares binary_data_size")
-        images = _json_elements(tensor.data)
+    images = elements(tensor)
     if len(images) != count:
         raise ProtocolError(f"input {INPUT!r} has shape {tensor.shape} but {len(images)} elements of data")
     if not images:
         raise ProtocolError(f"input {INPUT!r} holds no image")
     return images
+
+
+def _http_elements(tensor: InferInputTensor, binary: bytes) -> list[bytes]:
+    """The images as binary data (binary_data_size declared) or as JSON base64 strings."""
+    if tensor.parameters is not None and tensor.parameters.binary_data_size is not None:
+        size = tensor.parameters.binary_data_size
+        if size != len(binary):
+            raise ProtocolError(f"input {INPUT!r} declares binary_data_size {size!r}; the body holds {len(binary)} bytes after the header")
+        return bytes_elements(binary)
+    if binary:
+        raise ProtocolError(f"the body has {len(binary)} bytes after the header, but no input declares binary_data_size")
+    return _json_elements(tensor.data)
 
 
 def _batch_of(shape: list[int]) -> int:
@@ -142,10 +184,9 @@ def _batch_of(shape: list[int]) -> int:
     raise ProtocolError(f"input {INPUT!r} has shape {shape}; this model takes [N] (or [N, 1]): one encoded image per element")
 
 
-def _binary_elements(binary: bytes, size: int) -> list[bytes]:
-    """BYTES elements of the binary tensor extension: each a 4-byte little-endian length, then the bytes."""
-    if size != len(binary):
-        raise ProtocolError(f"input {INPUT!r} declares binary_data_size {size!r}; the body holds {len(binary)} bytes after the header")
+def bytes_elements(binary: bytes) -> list[bytes]:
+    """BYTES elements as the protocol serialises them (HTTP's binary data, gRPC's raw contents): each a 4-byte
+    little-endian length, then the bytes."""
     elements: list[bytes] = []
     offset = 0
     while offset < len(binary):
@@ -204,18 +245,39 @@ def detection_tensors(images: list[ImageDetections]) -> dict[str, np.ndarray]:
     return {"num_detections": np.array(counts, dtype=np.int64), "boxes": boxes, "scores": scores, "labels": labels}
 
 
+@dataclass(frozen=True)
+class OutputTensor:
+    """One requested output, as both transports carry it: name, datatype, shape, and the values."""
+
+    name: str
+    datatype: str
+    array: np.ndarray
+
+    @property
+    def shape(self) -> list[int]:
+        return list(self.array.shape)
+
+    def raw(self) -> bytes:
+        """The values row-major, little-endian: HTTP's binary data and gRPC's raw_output_contents."""
+        return np.ascontiguousarray(self.array, dtype=self.array.dtype.newbyteorder("<")).tobytes()
+
+
+def output_tensors(request: InferRequest, tensors: dict[str, np.ndarray]) -> list[OutputTensor]:
+    """The outputs the request asked for, in its order."""
+    return [OutputTensor(requested.name, OUTPUTS[requested.name][0], tensors[requested.name]) for requested in request.outputs]
+
+
 def encode_infer_response(manifest: ModelManifest, request: InferRequest, tensors: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
     """The response body and, when some output is binary, the JSON header's length (for Inference-Header-Content-Length)."""
     outputs, chunks = [], []
-    for requested in request.outputs:
-        array = tensors[requested.name]
-        output = InferOutputTensor(name=requested.name, datatype=OUTPUTS[requested.name][0], shape=list(array.shape))
+    for requested, tensor in zip(request.outputs, output_tensors(request, tensors), strict=True):
+        output = InferOutputTensor(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         if requested.binary:
-            chunk = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            chunk = tensor.raw()
             output.parameters = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:
-            output.data = array.ravel().tolist()
+            output.data = tensor.array.ravel().tolist()
         outputs.append(output)
     response = InferResponseBody(model_name=manifest.name, model_version=manifest.version, id=request.id, outputs=outputs)
     header = response.model_dump_json(exclude_none=True).encode()

@@ -15,6 +15,8 @@ from service.settings import ENV_PREFIX, Settings
 from tests.deploy.dockerfile import parse_stages
 from tests.deploy.tools import REPO, check_settings_env, load_yaml, require_module
 
+GRPC_PORT = "8001"  # Triton's gRPC port: the compose file turns gRPC on there (the setting's default, 0, is off)
+
 ENV_EXAMPLE = REPO / ".env.example"
 
 
@@ -77,7 +79,8 @@ def test_detector_service_is_healthchecked_restarted_and_drained(compose: dict[s
         assert service["stop_signal"] == "SIGTERM", name
         stop_s = int(re.fullmatch(r"(\d+)s", service["stop_grace_period"]).group(1))  # type: ignore[union-attr]
         assert stop_s > grace_s, f"{name}: stop_grace_period {stop_s}s leaves no time for a {grace_s}s drain"
-        assert all(p.endswith(f":{port}") for p in service["ports"]), service["ports"]
+        assert [p.rsplit(":", 1)[1] for p in service["ports"]] == [str(port), GRPC_PORT], service["ports"]
+        assert service["environment"]["DETECTOR_GRPC_PORT"] == f"${{DETECTOR_GRPC_PORT:-{GRPC_PORT}}}", name
         assert service["env_file"][0]["path"] == ".env", name
     image_env = parse_stages()["runtime-gpu"].env()
     mounts = compose["services"]["detector"]["volumes"]

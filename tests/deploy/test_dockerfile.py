@@ -95,7 +95,7 @@ def test_runtime_images_run_one_server_as_non_root_with_a_readiness_healthcheck(
         assert not stage.all("ENTRYPOINT"), name
         healthcheck = stage.all("HEALTHCHECK")[-1]
         assert "/health/ready" in healthcheck and "DETECTOR_PORT" in healthcheck, healthcheck
-        assert stage.all("EXPOSE") == [str(Settings.model_fields["port"].default)], name
+        assert stage.all("EXPOSE") == [f"{Settings.model_fields['port'].default} 8001"], name  # HTTP, and gRPC on Triton's port
         check_settings_env(stage.env(), f"Dockerfile stage {name}")
     gpu = stages["runtime-gpu"]
     assert gpu.env()["DETECTOR_TRT_CACHE_DIR"] in " ".join(gpu.all("VOLUME")), "the TensorRT engine cache should be a volume"

@@ -24,6 +24,7 @@ KUBERNETES_VERSION = "1.37.0"  # the newest schemas kubernetes-validate 1.37.0 s
 KUSTOMIZATIONS = {"base": K8S / "base", "gpu-overlay": K8S / "overlays" / "gpu", "cpu-overlay": K8S / "overlays" / "cpu"}
 # Custom resources have no schema in kubernetes-validate; test_service_monitor_scrapes_the_service checks it by hand.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+GRPC_PORT = 8001  # Triton's gRPC port (the setting's default, 0, is off)
 
 
 @cache
@@ -88,6 +89,9 @@ def test_probes_and_ports_match_the_service(name: str, ready_service: TestClient
     manifests = rendered(name)
     main = container(manifests)
     assert [p["containerPort"] for p in main["ports"] if p["name"] == "http"] == [port]
+    # gRPC on Triton's port, set in the environment and published; the probes stay on HTTP.
+    assert [p["containerPort"] for p in main["ports"] if p["name"] == "grpc"] == [GRPC_PORT]
+    assert {item["name"]: item.get("value") for item in main["env"]}["DETECTOR_GRPC_PORT"] == str(GRPC_PORT)
     probes = {kind: main[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes["readinessProbe"]["path"] == "/health/ready" and probes["livenessProbe"]["path"] == "/health/live"
     for kind, probe in probes.items():
@@ -97,7 +101,10 @@ def test_probes_and_ports_match_the_service(name: str, ready_service: TestClient
     startup = main["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "the startup probe should allow a TensorRT engine build"
     service = manifests["Service"]["spec"]
-    assert service["ports"] == [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]
+    assert service["ports"] == [
+        {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+    ]
 
 
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))

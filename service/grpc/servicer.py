@@ -1,0 +1,215 @@
+"""The RPCs of Triton's GRPCInferenceService, served by the HTTP server's own detector, batcher, keys and metrics.
+
+Each RPC runs through :meth:`Servicer._serve`: the API key (metadata
+``authorization: Bearer <key>`` or ``x-api-key``; health is open unless
+DETECTOR_PROTECT_HEALTH, as over HTTP), then the work, then one status code for
+the service's errors (:func:`status_of`), counted in detector_requests_total
+with protocol="grpc", the RPC's method as the route and the code's name as the status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from fastapi import FastAPI
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from service.api.admission import AdmissionMiddleware
+from service.api.auth import ApiKeyMiddleware, presented_key
+from service.api.routes.health import liveness_problem, readiness_problem
+from service.detector import Detector
+from service.errors import NotReady, QueueFull, ServiceError, Unauthorized
+from service.grpc import messages
+from service.kserve import codec, model_config
+from service.kserve.endpoints import detect_all
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SERVICE = "/inference.GRPCInferenceService/"
+# The RPCs that answer as /v2/health/live and /ready do: open unless the health routes need a key too.
+HEALTH_PATHS = {"ServerLive": "/v2/health/live", "ServerReady": "/v2/health/ready"}
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    499: grpc.StatusCode.CANCELLED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_of(error: ServiceError) -> grpc.StatusCode:
+    """The gRPC code of a service error: INVALID_ARGUMENT for what v2 over HTTP answers 400, a full queue is
+    RESOURCE_EXHAUSTED (retry), not ready or draining UNAVAILABLE, and the rest by its HTTP status."""
+    if isinstance(error, QueueFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return _CODES.get(error.status, grpc.StatusCode.INTERNAL)
+
+
+class Admission(Protocol):
+    """What admission counts (service/api/admission.py): requests admitted, and how many it admits."""
+
+    limit: int
+    admitted: int
+
+
+@dataclass
+class AdmissionCount:
+    """An admission count of gRPC's own, where no HTTP server runs beside it."""
+
+    limit: int
+    admitted: int = 0
+
+
+def shared_admission(app: FastAPI, limit: int) -> Admission:
+    """The HTTP server's admission counter, found in the app's built middleware stack, so that both protocols
+    count against one limit; a counter of its own (same limit) where the stack is not built (no HTTP server)."""
+    layer: Any = app.middleware_stack
+    while layer is not None:
+        if isinstance(layer, AdmissionMiddleware):
+            return layer
+        layer = getattr(layer, "app", None)
+    return AdmissionCount(limit)
+
+
+class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.metrics: Metrics = app.state.metrics
+        settings = app.state.settings
+        self.keys = ApiKeyMiddleware(app, settings.api_key_list, settings.protect_health) if settings.api_key_list else None
+        self.admission = shared_admission(app, settings.max_queue + settings.max_batch_size)
+
+    # The RPCs
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._serve("ServerLive", context, self._live)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._serve("ServerReady", context, self._ready)
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._serve("ModelReady", context, lambda: self._model_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._serve("ServerMetadata", context, self._server_metadata)
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._serve("ModelMetadata", context, lambda: self._model_metadata(request.name, request.version))
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._serve("ModelConfig", context, lambda: self._model_config(request.name, request.version))
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        arrived = time.monotonic()
+        return await self._serve("ModelInfer", context, lambda: self._admitted(self._infer(request, arrived, context.time_remaining())))
+
+    # What each answers
+
+    async def _live(self) -> Any:
+        return service_pb2.ServerLiveResponse(live=liveness_problem(self.app.state) is None)
+
+    async def _ready(self) -> Any:
+        return service_pb2.ServerReadyResponse(ready=readiness_problem(self.app.state) is None)
+
+    async def _model_ready(self, name: str, version: str) -> Any:
+        detector: Detector | None = self.app.state.detector
+        if readiness_problem(self.app.state) is not None or detector is None:
+            return service_pb2.ModelReadyResponse(ready=False)
+        try:
+            model_config.check_model(detector.manifest, name, version)
+        except ServiceError:
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    async def _server_metadata(self) -> Any:
+        return messages.server_metadata(model_config.server_metadata(self.app.version))
+
+    async def _model_metadata(self, name: str, version: str) -> Any:
+        detector = self._model(name, version)
+        return messages.model_metadata(model_config.model_metadata(detector.manifest, detector.engine.describe()))
+
+    async def _model_config(self, name: str, version: str) -> Any:
+        detector = self._model(name, version)
+        return messages.model_config(model_config.model_config(detector.manifest, detector.runtime()))
+
+    async def _infer(self, request: Any, arrived: float, deadline_s: float | None) -> Any:
+        detector = self._model(request.model_name, request.model_version)
+        parsed = messages.infer_request(request, detector.batcher.max_batch)
+        params = codec.detect_options(detector.manifest, parsed.parameters, arrived, deadline_s)
+        found = await detect_all(detector, parsed.images, params)
+        return messages.infer_response(detector.manifest, parsed, codec.detection_tensors(found))
+
+    def _model(self, name: str, version: str) -> Detector:
+        detector: Detector | None = self.app.state.detector
+        if detector is None:
+            raise NotReady(liveness_problem(self.app.state) or "the model is still loading")
+        model_config.check_model(detector.manifest, name, version)
+        return detector
+
+    async def _admitted(self, work: Awaitable[T]) -> T:
+        """Admission as over HTTP (service/api/admission.py), in the same count: refused at once past the limit."""
+        if self.admission.admitted >= self.admission.limit:
+            if asyncio.iscoroutine(work):
+                work.close()
+            self.metrics.rejected.labels(reason="queue_full").inc()
+            raise QueueFull(
+                f"{self.admission.admitted} requests are already being served or waiting (the limit is {self.admission.limit}); retry shortly"
+            )
+        self.admission.admitted += 1
+        try:
+            return await work
+        finally:
+            self.admission.admitted -= 1
+
+    # Keys, status codes and metrics, for every RPC
+
+    async def _serve(self, rpc: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+        code, started = grpc.StatusCode.OK, time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            self._check_key(rpc, context)
+            return await work()
+        except ServiceError as error:
+            code = status_of(error)
+            if code == grpc.StatusCode.INTERNAL:
+                log.warning("%s failed: %s", rpc, error.detail)
+            retry = error.headers.get("Retry-After")
+            await context.abort(code, error.detail, (("retry-after", retry),) if retry else ())
+            raise  # abort() raises; this line is never reached
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the client left or its deadline passed: grpcio cancels the RPC
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", rpc)
+            await context.abort(code, "the server hit an unexpected error; see its logs")
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(protocol="grpc", route=SERVICE + rpc, status=code.name).inc()
+            self.metrics.request_duration.labels(protocol="grpc", route=SERVICE + rpc).observe(time.perf_counter() - started)
+
+    def _check_key(self, rpc: str, context: grpc.aio.ServicerContext) -> None:
+        if self.keys is None or HEALTH_PATHS.get(rpc) in self.keys.open_paths:
+            return
+        metadata = context.invocation_metadata() or ()
+        # The metadata as the HTTP check reads headers: (name, value) pairs of bytes; names are lower case in gRPC.
+        key = presented_key(
+            {"headers": [(name.encode(), value if isinstance(value, bytes) else value.encode()) for name, value in metadata]}
+        )
+        if key is None:
+            raise Unauthorized("this server needs an API key: send metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'")
+        if not self.keys.accepts(key):
+            raise Unauthorized("the API key is not valid")

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint demo default-model bench soak deploy-tools image-test mutants gpu-check clean
+.PHONY: setup serve test lint demo default-model bench soak deploy-tools image-test browser-test page-screenshot mutants gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ $(IMAGE_TOOLS): deploy/install-image-tools.sh $(STAMP)
 	deploy/install-image-tools.sh $(VENV)
 	touch $(IMAGE_TOOLS)
 
+BROWSER_TOOLS := $(VENV)/.browser-tools
+
+# Debian's chromium and chromium-driver, and selenium, for the page's browser tests.
+$(BROWSER_TOOLS): deploy/install-browser-tools.sh $(STAMP)
+	deploy/install-browser-tools.sh $(VENV)
+	touch $(BROWSER_TOOLS)
+
 # The service on the embedded default model, on port 8000 (DETECTOR_* variables configure it).
 serve: $(STAMP)
 	$(BIN)/python -m service
@@ -47,7 +54,7 @@ lint: $(STAMP)
 
 # Everything: lint, the suite with the image tests (tests/deploy/test_image.py: about 5 minutes, 7 to 10 on a fresh
 # machine), then the mutants (the suite's own check).
-test: lint $(DEPLOY_TOOLS) $(IMAGE_TOOLS)
+test: lint $(DEPLOY_TOOLS) $(IMAGE_TOOLS) $(BROWSER_TOOLS)
 	$(BIN)/pytest
 	$(BIN)/python -m tests.mutants
 
@@ -60,6 +67,14 @@ mutants: $(STAMP)
 # Docker where an engine answers, else Podman; with CI set, a missing container engine fails instead of skipping.
 image-test: $(STAMP) $(IMAGE_TOOLS)
 	$(BIN)/pytest -m image tests/deploy/test_image.py
+
+# The page at / in headless Chromium; with CI set, a missing browser fails instead of skipping.
+browser-test: $(STAMP) $(BROWSER_TOOLS)
+	$(BIN)/pytest -m browser tests/service/test_page.py
+
+# docs/page.png, the README's screenshot of the page on the default model.
+page-screenshot: $(STAMP) $(BROWSER_TOOLS)
+	$(BIN)/python -m docs.screenshot docs/page.png
 
 # The soak test for longer than CI's 3 minutes: `make soak` (30 minutes) or `make soak SOAK_SECONDS=7200`.
 SOAK_SECONDS ?= 1800

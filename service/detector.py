@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,8 @@ from service.letterbox import Letterbox, fit_scale, letterbox
 from service.manifest import ModelManifest, read_manifest
 from service.metrics import Metrics
 from service.options import DetectParams
-from service.schemas import ModelDescription, Runtime
+from service.render import render_image
+from service.schemas import Detection, ModelDescription, Runtime
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,13 @@ class Detector:
         self.metrics.images.inc()
         self.metrics.detections.inc(len(detections))
         return detections
+
+    async def render(self, data: bytes, detections: Sequence[Detection], media_type: str) -> bytes:
+        """The uploaded image with ``detections`` drawn (service/render.py), on the decode threads: never on the event loop."""
+        if not self._serving:
+            raise NotReady("the model is not being served (loading, warming up or stopped)")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoders, render_image, data, detections, media_type, self.settings.max_image_pixels)
 
     def _prepare(self, data: bytes) -> tuple[np.ndarray, Letterbox]:
         image, (width, height) = decode_image(data, self.settings.max_image_pixels, fit=self.manifest.canvas)

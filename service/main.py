@@ -16,7 +16,7 @@ from service.api import problems
 from service.api.admission import AdmissionMiddleware
 from service.api.auth import DOCS_PATHS, HEALTH_PATHS, ApiKeyMiddleware
 from service.api.middleware import RequestContextMiddleware
-from service.api.routes import detect, health, models
+from service.api.routes import detect, health, models, page
 from service.detector import Detector
 from service.kserve import endpoints as kserve
 from service.metrics import Metrics
@@ -77,11 +77,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "X-Request-Timeout"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=["X-Request-ID", "Retry-After", "X-Detections", "X-Detections-Count"],
             max_age=600,
         )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
-    for module in (detect, health, models, kserve):
+    for module in (detect, health, models, kserve, page):
         app.include_router(module.router)
     if settings.api_key_list:
         document_api_keys(app, protect_health=settings.protect_health)

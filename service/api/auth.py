@@ -13,6 +13,8 @@ from service.errors import Unauthorized
 HEALTH_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
 # The API's description holds no data; clients and fuzzers read it to learn the routes.
 DOCS_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# The page at / and its files (service/api/routes/page.py) hold no data; the page asks the user for a key.
+PAGE_PATHS = frozenset({"/", "/static/page.js", "/static/page.css"})
 
 
 def _digest(key: bytes) -> bytes:
@@ -24,7 +26,7 @@ class ApiKeyMiddleware:
     def __init__(self, app: ASGIApp, keys: list[bytes], protect_health: bool) -> None:
         self.app = app
         self.digests = [_digest(key) for key in keys]
-        self.open_paths = DOCS_PATHS if protect_health else DOCS_PATHS | HEALTH_PATHS
+        self.open_paths = (DOCS_PATHS | PAGE_PATHS) if protect_health else DOCS_PATHS | PAGE_PATHS | HEALTH_PATHS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.open_paths:

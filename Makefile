@@ -96,7 +96,8 @@ default-model: $(STAMP)
 	$(BIN)/python -m model_export quantize --package models/default/package --calibration data/calibration --val data/int8-val
 
 # Benchmarks (not tests): the service vs the raw engine vs a naive eager server, and the exported graph vs the eager model,
-# into bench/results/ (one report). Run on an otherwise idle machine: about 3 minutes on 2 CPU cores (at most 10);
+# into bench/results/ (one report), and each engine and precision side by side (precisions). Run on an otherwise idle
+# machine: about 8 minutes on 2 CPU cores (at most 17);
 # `python -m bench --quick` checks it in 2, `python -m bench --only SECTION` measures one section into the report.
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -208,10 +208,11 @@ def test_export_config_validates_limits() -> None:
         ExportConfig(score_threshold=1.5)
 
 
-def test_build_engine_without_gpu_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_engine_without_gpu_says_so(small_package: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A good package passes the checks that come first; then the missing GPU stops the build."""
     from service.gpu import has_gpu
 
     if has_gpu():
         pytest.skip("a GPU is present")
-    assert main(["build-engine", "--package", str(tmp_path)]) == 2
+    assert main(["build-engine", "--package", str(small_package), "--batch", "1:4:8"]) == 2
     assert "no NVIDIA GPU" in capsys.readouterr().err

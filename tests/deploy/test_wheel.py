@@ -125,3 +125,12 @@ def test_the_installed_server_detects_as_the_checkout_does(wheel_server: httpx.C
     with serving(DEFAULT_PACKAGE, DETECTOR_PRECISION="f32") as checkout, httpx.Client(base_url=checkout.url, timeout=30.0) as client:
         expected = client.post("/detect", content=body, headers={"Content-Type": "image/png"}, params={"score_threshold": 0.5})
     assert same_detections(detections, expected.json()["detections"])
+
+
+def test_the_installed_server_serves_the_page(wheel_server: httpx.Client) -> None:
+    """The page's files are package data: a wheel that left them out would answer 500 or 404 here."""
+    page = wheel_server.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text[:200]
+    for asset in ("/static/page.js", "/static/page.css"):
+        assert asset in page.text
+        assert wheel_server.get(asset).status_code == 200, asset

@@ -27,14 +27,14 @@ deploy-tools: $(DEPLOY_TOOLS)
 IMAGE_TOOLS := $(VENV)/.image-tools
 
 # Podman, buildah and podman-compose for the image tests, where no Docker engine answers.
-$(IMAGE_TOOLS): deploy/install-image-tools.sh $(STAMP)
+$(IMAGE_TOOLS): deploy/install-image-tools.sh deploy/install-common.sh $(STAMP)
 	deploy/install-image-tools.sh $(VENV)
 	touch $(IMAGE_TOOLS)
 
 BROWSER_TOOLS := $(VENV)/.browser-tools
 
 # Debian's chromium and chromium-driver, and selenium, for the page's browser tests.
-$(BROWSER_TOOLS): deploy/install-browser-tools.sh $(STAMP)
+$(BROWSER_TOOLS): deploy/install-browser-tools.sh deploy/install-common.sh $(STAMP)
 	deploy/install-browser-tools.sh $(VENV)
 	touch $(BROWSER_TOOLS)
 

@@ -10,26 +10,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv}"
+# shellcheck source=deploy/install-common.sh
+source deploy/install-common.sh
 
 DEBIAN_PACKAGES=(chromium chromium-driver)
 PYPI_PACKAGES=("selenium==4.51.0")
 
-missing=()
-for package in "${DEBIAN_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "error: no virtualenv at $VENV (run 'make setup' first, or pass its path)" >&2
-    exit 2
-fi
-"$VENV/bin/python" -m pip install --quiet "${PYPI_PACKAGES[@]}"
+apt_install "${DEBIAN_PACKAGES[@]}"
+pip_install "$VENV" "${PYPI_PACKAGES[@]}"
 
 chromium --version
 chromedriver --version

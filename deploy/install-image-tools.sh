@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv}"
+# shellcheck source=deploy/install-common.sh
+source deploy/install-common.sh
 
 DEBIAN_PACKAGES=(podman buildah runc debootstrap debian-archive-keyring uidmap slirp4netns fuse-overlayfs)
 PYPI_PACKAGES=("podman-compose==1.6.0")
@@ -23,22 +25,8 @@ if command -v docker >/dev/null && timeout 30 docker info >/dev/null 2>&1; then
     exit 0
 fi
 
-missing=()
-for package in "${DEBIAN_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "error: no virtualenv at $VENV (run 'make setup' first, or pass its path)" >&2
-    exit 2
-fi
-"$VENV/bin/python" -m pip install --quiet "${PYPI_PACKAGES[@]}"
+apt_install "${DEBIAN_PACKAGES[@]}"
+pip_install "$VENV" "${PYPI_PACKAGES[@]}"
 
 CONTAINERS_CONF="$PWD/tests/deploy/containers.conf" podman info --format 'podman {{.Version.Version}}, {{.Host.OCIRuntime.Name}}, {{.Store.GraphDriverName}} storage'
 "$VENV/bin/podman-compose" version 2>/dev/null | head -n 1

@@ -13,8 +13,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from service.api import problems
-from service.api.admission import AdmissionMiddleware
-from service.api.auth import DOCS_PATHS, HEALTH_PATHS, ApiKeyMiddleware
+from service.api.admission import Admission, AdmissionMiddleware
+from service.api.auth import DOCS_PATHS, HEALTH_PATHS, ApiKeyMiddleware, KeyRing
 from service.api.middleware import RequestContextMiddleware
 from service.api.routes import detect, health, models, page
 from service.detector import Detector
@@ -68,9 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # route reads a body. Admission holds the waiting requests (max_queue) plus one running batch; the
     # batcher's own queue check stays as a backstop.
     admission_limit = settings.max_queue + settings.max_batch_size
-    app.add_middleware(AdmissionMiddleware, limit=admission_limit, metrics=app.state.metrics)
+    app.state.admission = Admission(admission_limit, app.state.metrics)  # gRPC counts in it too
+    app.add_middleware(AdmissionMiddleware, admission=app.state.admission)
     if settings.api_key_list:
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list, protect_health=settings.protect_health)
+        app.add_middleware(ApiKeyMiddleware, keys=KeyRing(settings.api_key_list, settings.protect_health))
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

@@ -19,27 +19,41 @@ def is_inference(path: str) -> bool:
     return path == "/detect" or (path.startswith("/v2/models/") and path.endswith("/infer"))
 
 
-class AdmissionMiddleware:
-    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
-        self.app = app
+class Admission:
+    """The inference requests admitted and how many may be: one count per app, which HTTP (the middleware below) and
+    gRPC (service/grpc/) share, so that both protocols are held to one limit."""
+
+    def __init__(self, limit: int, metrics: Metrics) -> None:
         self.limit = limit
         self.metrics = metrics
         self.admitted = 0  # the event loop is one thread: a plain counter is exact
+
+    def refusal(self) -> str | None:
+        """Why one more request is refused (and it is counted as rejected); None when it may come in."""
+        if self.admitted < self.limit:
+            return None
+        self.metrics.rejected.labels(reason="queue_full").inc()
+        return f"{self.admitted} requests are already being served or waiting (the limit is {self.limit}); retry shortly"
+
+
+class AdmissionMiddleware:
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not is_inference(scope["path"]):
             await self.app(scope, receive, send)
             return
-        if self.admitted >= self.limit:
-            self.metrics.rejected.labels(reason="queue_full").inc()
-            detail = f"{self.admitted} requests are already being served or waiting (the limit is {self.limit}); retry shortly"
+        detail = self.admission.refusal()
+        if detail is not None:
             response = problem_response(
                 QueueFull.status, QueueFull.title, detail, QueueFull.type, {**QueueFull.headers, "Connection": "close"}
             )
             await response(scope, receive, send)
             return
-        self.admitted += 1
+        self.admission.admitted += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.admitted -= 1
+            self.admission.admitted -= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -22,25 +23,13 @@ def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
 
 
-class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: list[bytes], protect_health: bool) -> None:
-        self.app = app
+class KeyRing:
+    """The server's API keys and the paths open without one: the one check that HTTP (the middleware below) and gRPC
+    (service/grpc/) make."""
+
+    def __init__(self, keys: list[bytes], protect_health: bool) -> None:
         self.digests = [_digest(key) for key in keys]
         self.open_paths = (DOCS_PATHS | PAGE_PATHS) if protect_health else DOCS_PATHS | PAGE_PATHS | HEALTH_PATHS
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        given = presented_key(scope)
-        if given is None:
-            await self._refuse(
-                scope, receive, send, "this server needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-            )
-        elif not self.accepts(given):
-            await self._refuse(scope, receive, send, "the API key is not valid", 'error="invalid_token"')
-        else:
-            await self.app(scope, receive, send)
 
     def accepts(self, key: bytes) -> bool:
         given = _digest(key)
@@ -48,14 +37,34 @@ class ApiKeyMiddleware:
         matches = [hmac.compare_digest(given, digest) for digest in self.digests]
         return any(matches)
 
+
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.keys.open_paths:
+            await self.app(scope, receive, send)
+            return
+        given = presented_key(dict(scope["headers"]))
+        if given is None:
+            await self._refuse(
+                scope, receive, send, "this server needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+            )
+        elif not self.keys.accepts(given):
+            await self._refuse(scope, receive, send, "the API key is not valid", 'error="invalid_token"')
+        else:
+            await self.app(scope, receive, send)
+
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, detail: str, challenge_error: str = "") -> None:
         challenge = Unauthorized.headers["WWW-Authenticate"] + (f", {challenge_error}" if challenge_error else "")
         response = problem_response(Unauthorized.status, Unauthorized.title, detail, Unauthorized.type, {"WWW-Authenticate": challenge})
         await response(scope, receive, send)
 
 
-def presented_key(scope: Scope) -> bytes | None:
-    headers = dict(scope["headers"])
+def presented_key(headers: Mapping[bytes, bytes]) -> bytes | None:
+    """The key a request presents: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (names in lower case)."""
     authorization = headers.get(b"authorization", b"")
     scheme, _, credentials = authorization.partition(b" ")
     if scheme.lower() == b"bearer" and credentials.strip():

@@ -13,15 +13,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from fastapi import FastAPI
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from service.api.admission import AdmissionMiddleware
-from service.api.auth import ApiKeyMiddleware, presented_key
+from service.api.admission import Admission
+from service.api.auth import KeyRing, presented_key
 from service.api.routes.health import liveness_problem, readiness_problem
 from service.detector import Detector
 from service.errors import NotReady, QueueFull, ServiceError, Unauthorized
@@ -57,39 +56,13 @@ def status_of(error: ServiceError) -> grpc.StatusCode:
     return _CODES.get(error.status, grpc.StatusCode.INTERNAL)
 
 
-class Admission(Protocol):
-    """What admission counts (service/api/admission.py): requests admitted, and how many it admits."""
-
-    limit: int
-    admitted: int
-
-
-@dataclass
-class AdmissionCount:
-    """An admission count of gRPC's own, where no HTTP server runs beside it."""
-
-    limit: int
-    admitted: int = 0
-
-
-def shared_admission(app: FastAPI, limit: int) -> Admission:
-    """The HTTP server's admission counter, found in the app's built middleware stack, so that both protocols
-    count against one limit; a counter of its own (same limit) where the stack is not built (no HTTP server)."""
-    layer: Any = app.middleware_stack
-    while layer is not None:
-        if isinstance(layer, AdmissionMiddleware):
-            return layer
-        layer = getattr(layer, "app", None)
-    return AdmissionCount(limit)
-
-
 class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.metrics: Metrics = app.state.metrics
         settings = app.state.settings
-        self.keys = ApiKeyMiddleware(app, settings.api_key_list, settings.protect_health) if settings.api_key_list else None
-        self.admission = shared_admission(app, settings.max_queue + settings.max_batch_size)
+        self.keys = KeyRing(settings.api_key_list, settings.protect_health) if settings.api_key_list else None
+        self.admission: Admission = app.state.admission  # the HTTP requests' count: one limit for both protocols
 
     # The RPCs
 
@@ -160,13 +133,11 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _admitted(self, work: Awaitable[T]) -> T:
         """Admission as over HTTP (service/api/admission.py), in the same count: refused at once past the limit."""
-        if self.admission.admitted >= self.admission.limit:
+        refusal = self.admission.refusal()
+        if refusal is not None:
             if asyncio.iscoroutine(work):
                 work.close()
-            self.metrics.rejected.labels(reason="queue_full").inc()
-            raise QueueFull(
-                f"{self.admission.admitted} requests are already being served or waiting (the limit is {self.admission.limit}); retry shortly"
-            )
+            raise QueueFull(refusal)
         self.admission.admitted += 1
         try:
             return await work
@@ -205,10 +176,8 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if self.keys is None or HEALTH_PATHS.get(rpc) in self.keys.open_paths:
             return
         metadata = context.invocation_metadata() or ()
-        # The metadata as the HTTP check reads headers: (name, value) pairs of bytes; names are lower case in gRPC.
-        key = presented_key(
-            {"headers": [(name.encode(), value if isinstance(value, bytes) else value.encode()) for name, value in metadata]}
-        )
+        # The metadata as the HTTP check reads headers: bytes; names are lower case in gRPC.
+        key = presented_key({name.encode(): value if isinstance(value, bytes) else value.encode() for name, value in metadata})
         if key is None:
             raise Unauthorized("this server needs an API key: send metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'")
         if not self.keys.accepts(key):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -25,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 from bench.servers import ServerProcess, free_port
 from service.api.admission import AdmissionMiddleware
 from service.grpc.server import GrpcServer
-from service.grpc.servicer import Servicer, shared_admission
+from service.grpc.servicer import Servicer
 from service.main import create_app
 from service.settings import Settings
 from tests.service.helpers import png_bytes, serving, solid_image
@@ -273,10 +274,13 @@ def test_keys_message_limit_and_full_queue(small_package: Path, scene_images: li
 
 
 def test_grpc_counts_in_the_http_servers_admission(make_client: Callable[..., TestClient]) -> None:
-    """One limit for both protocols: gRPC finds the app's own admission middleware, not a count of its own."""
+    """One limit for both protocols: gRPC counts in the app's own admission, the one its middleware counts in."""
     client = make_client(max_queue=3, max_batch_size=2)
-    admission = shared_admission(client.app, 5)  # type: ignore[arg-type]
-    assert isinstance(admission, AdmissionMiddleware) and admission.limit == 5
+    admission = Servicer(client.app).admission  # type: ignore[arg-type]
+    middleware: Any = client.app.middleware_stack  # type: ignore[attr-defined]
+    while not isinstance(middleware, AdmissionMiddleware):
+        middleware = middleware.app
+    assert admission is middleware.admission and admission.limit == 5
 
 
 def test_not_ready_is_unavailable(small_package: Path, scene_images: list[bytes]) -> None:

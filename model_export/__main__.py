@@ -3,45 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model_export.arch_names import ARCH_NAMES, COMPACT_ARCH
-from model_export.cli_options import config_from, config_option
+from model_export.cli_options import config_from, config_option, parse_canvas, positive_int
 from model_export.command_errors import CheckpointError, CommandError
-from model_export.config import DEFAULT_CANVAS, EngineConfig, EvaluateConfig, ExportConfig, SynthConfig, TrainConfig, parse_profile
+from model_export.config import DEFAULT_CANVAS, EngineConfig, ExportConfig, SynthConfig, TrainConfig, parse_profile
+from model_export.evaluate_command import add_evaluate
 from model_export.int8_command import add_int8_options, add_quantize, int8_sets, write_int8_graph
 from service.manifest import PackageError
 
 if TYPE_CHECKING:  # the command line imports torch only for the subcommands that need it
     from model_export.checkpoint import LoadedModel
     from model_export.coco import CocoDataset
-    from model_export.detections import BatchPredictor
     from model_export.train import EpochCallback
-
-
-def parse_canvas(text: str) -> tuple[int, int]:
-    """``HxW`` (or one number for a square) -> (H, W)."""
-    parts = text.lower().split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"canvas should be HxW, like 320x320, got {text!r}") from None
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or min(values) < 32:
-        raise argparse.ArgumentTypeError(f"canvas should be HxW with both sides at least 32, got {text!r}")
-    return values[0], values[1]
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"should be at least 1, got {value}")
-    return value
 
 
 def _canvas_text(canvas: tuple[int, int]) -> str:
@@ -55,7 +33,7 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         description="Shapes on textured scenes or on photos (random crops, scales, flips, colour jitter): scikit-image's training photos, or a folder (--backgrounds). Check sets for a model trained on them, from the photos kept out of training (model_export.backgrounds.SKIMAGE_HELD_OUT): shapes on them with --held-out-photos --empty-fraction 0; the photos bare (no shape) with --held-out-photos --photos-only.",
     )
     parser.add_argument("--out", type=Path, required=True, help="directory to write annotations.json and images/ into")
-    config_option(parser, SynthConfig, "--count", "number of images", type=_positive)
+    config_option(parser, SynthConfig, "--count", "number of images", type=positive_int)
     config_option(parser, SynthConfig, "--seed", "random seed; the same seed (and photos) gives the same bytes", type=int)
     config_option(parser, SynthConfig, "--size-scale", "scale of the image sizes, about 320 px at 1.0", type=float)
     config_option(parser, SynthConfig, "--empty-fraction", "share of images that hold no shape (pure negatives)", type=float)
@@ -80,8 +58,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--arch", choices=sorted(ARCH_NAMES), default=COMPACT_ARCH, help=f"architecture (default {COMPACT_ARCH})")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint to write after every epoch")
     parser.add_argument("--val", type=Path, help="validation data set: COCO mAP after every epoch")
-    config_option(parser, TrainConfig, "--epochs", "epochs to train", type=_positive)
-    config_option(parser, TrainConfig, "--batch-size", "images per iteration", type=_positive)
+    config_option(parser, TrainConfig, "--epochs", "epochs to train", type=positive_int)
+    config_option(parser, TrainConfig, "--batch-size", "images per iteration", type=positive_int)
     config_option(parser, TrainConfig, "--lr", "AdamW learning rate", type=float)
     parser.add_argument(
         "--canvas", type=parse_canvas, help=f"canvas HxW the model sees (default: the checkpoint's, else {_canvas_text(DEFAULT_CANVAS)})"
@@ -92,7 +70,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--weights", help="torchvision pretrained weights to start from, e.g. COCO_V1 (downloads them)")
     config_option(parser, TrainConfig, "--workers", "data loader processes", type=int)
     config_option(parser, TrainConfig, "--seed", "random seed", type=int)
-    config_option(parser, TrainConfig, "--max-iters", "stop after this many iterations (smoke tests)", type=_positive)
+    config_option(parser, TrainConfig, "--max-iters", "stop after this many iterations (smoke tests)", type=positive_int)
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=TrainConfig.augment, help="turn augmentation off")
     config_option(parser, TrainConfig, "--bf16", "bfloat16 autocast (faster on CPUs with AMX; weights stay float32)", action="store_true")
     parser.set_defaults(run=_run_train)
@@ -142,59 +120,6 @@ def _validator(val: CocoDataset) -> EpochCallback:
         return {"val_map": round(report.map, 4), "val_map50": round(report.map50, 4)}
 
     return validate
-
-
-def _add_evaluate(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "evaluate",
-        help="COCO mAP and false alarms of a checkpoint (or an exported package) on a data set",
-        description="COCO mAP on a data set, and false alarms: detections per image at --false-alarm-score or above on images that hold no object, the data set's own (images without annotations) and a folder's (--negatives).",
-    )
-    parser.add_argument("--data", type=Path, required=True, help="data set directory (annotations.json + images)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate with torchvision (eager)")
-    source.add_argument("--package", type=Path, help="model package to evaluate with ONNX Runtime")
-    parser.add_argument("--arch", choices=sorted(ARCH_NAMES), help="architecture of a plain state_dict")
-    parser.add_argument("--categories", type=Path, help="class names of a plain state_dict")
-    parser.add_argument("--canvas", type=parse_canvas, help="canvas HxW (default: the checkpoint's)")
-    parser.add_argument("--negatives", type=Path, help="folder of photos holding no object (of a COCO set: its images without any)")
-    config_option(parser, EvaluateConfig, "--false-alarm-score", "the least score of a false alarm on an empty image", type=float)
-    parser.add_argument("--json", type=Path, help="write map, map50, per_class and false_alarms here")
-    parser.add_argument("--plot", type=Path, help="write the precision-recall plot here (default: beside --json)")
-    config_option(parser, EvaluateConfig, "--batch-size", "images per batch", type=_positive)
-    parser.set_defaults(run=_run_evaluate)
-
-
-def _run_evaluate(args: argparse.Namespace) -> None:
-    from model_export.backgrounds import read_photo_folder
-    from model_export.coco import load_dataset
-    from model_export.evaluate import evaluate, format_table, write_report
-
-    config = config_from(EvaluateConfig, args)
-    dataset = load_dataset(args.data)
-    negatives = read_photo_folder(args.negatives, "--negatives") if args.negatives else None  # checked before a model loads
-    predict, canvas, categories = _model_to_evaluate(args)
-    report = evaluate(predict, dataset, canvas, config.batch_size, categories, negatives, config.false_alarm_score)
-    print(format_table(report))
-    plot = args.plot or (args.json.with_suffix(".pr.png") if args.json else None)
-    write_report(report, args.json, plot)
-    if args.json:
-        print(json.dumps(report.to_json()))
-
-
-def _model_to_evaluate(args: argparse.Namespace) -> tuple[BatchPredictor, tuple[int, int], list[str]]:
-    """The model that ``evaluate`` runs: its predictor, canvas [H, W] and class names."""
-    if args.package is not None:
-        from model_export.package import OnnxPredictor
-
-        predictor = OnnxPredictor(args.package)
-        return predictor, predictor.manifest.canvas, predictor.manifest.categories
-    from model_export.checkpoint import load_checkpoint, read_categories
-    from model_export.evaluate import eager_predictor
-
-    given = read_categories(args.categories) if args.categories else None
-    loaded = load_checkpoint(args.checkpoint, arch=args.arch, categories=given, canvas=args.canvas)
-    return eager_predictor(loaded.model), loaded.canvas, loaded.categories
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
@@ -278,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_synth(commands)
     _add_train(commands)
-    _add_evaluate(commands)
+    add_evaluate(commands)
     _add_export(commands)
     add_quantize(commands)
     _add_build_engine(commands)

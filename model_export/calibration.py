@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from model_export.coco import ANNOTATIONS_FILE, CocoDataset, ImageRecord, load_dataset, open_image
 from model_export.command_errors import CalibrationError, DatasetError
@@ -74,13 +75,15 @@ class ImageSet:
                 f"{self.dataset.annotations_path}: the data set's classes {self.dataset.categories[1:]} differ from the model's {categories[1:]}"
             )
 
+    def image(self, index: int, fit: tuple[int, int] | None = None) -> Image.Image:
+        """Image ``index``, RGB and upright; a folder's photo is decoded at a reduced scale that still covers ``fit``."""
+        if self.dataset is not None:
+            return open_image(self.dataset.images[index])
+        return decode_image(self.paths[index].read_bytes(), self.max_pixels, fit=fit)[0]
+
     def canvas(self, index: int, canvas: tuple[int, int]) -> np.ndarray:
         """Image ``index`` letterboxed onto the canvas [H, W]: ndarray[H, W, 3] uint8 RGB."""
-        if self.dataset is not None:
-            image = open_image(self.dataset.images[index])
-        else:
-            image, _ = decode_image(self.paths[index].read_bytes(), self.max_pixels, fit=canvas)
-        return letterbox(image, canvas)[0]
+        return letterbox(self.image(index, fit=canvas), canvas)[0]
 
     def batches(self, canvas: tuple[int, int], size: int) -> Iterator[np.ndarray]:
         """The canvases, ``size`` at a time: ndarray[B, H, W, 3] uint8."""

@@ -28,3 +28,24 @@ def config_from(config: type[Config], args: argparse.Namespace, **given: Any) ->
     """The config with each field that has an option taken from the command line, the others from ``given`` or the defaults."""
     options = {field.name: getattr(args, field.name) for field in dataclasses.fields(config) if hasattr(args, field.name)}
     return config(**options, **given)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"should be at least 1, got {value}")
+    return value
+
+
+def parse_canvas(text: str) -> tuple[int, int]:
+    """``HxW`` (or one number for a square) -> (H, W)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"canvas should be HxW, like 320x320, got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 32:
+        raise argparse.ArgumentTypeError(f"canvas should be HxW with both sides at least 32, got {text!r}")
+    return values[0], values[1]

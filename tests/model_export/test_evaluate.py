@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from model_export.__main__ import main
 from model_export.backgrounds import read_photo_folder, skimage_pool
@@ -14,7 +15,9 @@ from model_export.checkpoint import LoadedModel, save_checkpoint
 from model_export.coco import load_dataset
 from model_export.detections import Detections
 from model_export.evaluate import coco_metrics, evaluate, format_table, write_report
+from model_export.grid import CELL, GAP, PER_ROW, annotated
 from model_export.synth import SynthConfig, write_dataset
+from service.render import colour
 
 CANVAS = (96, 96)
 
@@ -145,7 +148,10 @@ def test_evaluate_command_reports_false_alarms_of_a_checkpoint(
     annotations["annotations"] = [a for a in annotations["annotations"] if a["category_id"] <= 3]
     (data / "annotations.json").write_text(json.dumps(annotations))
     command = ["evaluate", "--data", str(data), "--checkpoint", str(checkpoint), "--negatives", str(negatives)]
-    assert main([*command, "--json", str(tmp_path / "eval.json"), "--false-alarm-score", "0.05"]) == 0
+    grid = tmp_path / "grid.png"
+    assert main([*command, "--json", str(tmp_path / "eval.json"), "--false-alarm-score", "0.05", "--grid", str(grid)]) == 0
+    with Image.open(grid) as picture:  # a row of the data set's images, one of the negatives
+        assert picture.size == (PER_ROW * (CELL + GAP) - GAP, 2 * (CELL + GAP) - GAP)
     saved = json.loads((tmp_path / "eval.json").read_text())["false_alarms"]
     assert saved["negatives"]["images"] == 3 and saved["negatives"]["score_threshold"] == 0.05
     # A random model fires everywhere at a low score: the figure is real detections, not a placeholder.
@@ -177,3 +183,13 @@ def test_unreadable_negatives_are_skipped_with_a_warning(negatives: Path, tmp_pa
         images = read_photo_folder(folder, "--negatives")
     assert len(images) == 3
     assert "skipped 1 unreadable image(s) of 4" in caplog.text and "broken.jpg" in caplog.text
+
+
+def test_the_grid_draws_the_detections_at_its_threshold_only() -> None:
+    grey = Image.new("RGB", CANVAS, (114, 114, 114))  # canvas-sized: the canvas boxes are the image's
+    names = ["__background__", "circle", "triangle", "square"]
+    cell = annotated(_three_detections, grey, CANVAS, names, score_threshold=0.5)
+    assert cell.getpixel((10, 25)) == colour(1), "the 0.9 box's left edge"
+    assert cell.getpixel((20, 45)) == colour(2), "the 0.5 box's left edge: at the threshold, drawn"
+    assert cell.getpixel((5, 12)) == (114, 114, 114), "the 0.2 box is below the threshold"
+    assert grey.getpixel((10, 25)) == (114, 114, 114), "the image given is left as it was"

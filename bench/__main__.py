@@ -18,7 +18,9 @@ Sections, per device (the CPU, and a GPU when there is one):
   with DETECTOR_ENGINE and DETECTOR_PRECISION unset: what it chooses). For each: the graph alone per image at batch
   1, 8 and 16 (the configurations alternating round by round in one process), the service at every client count,
   mAP@[.5:.95] and mAP@.5 on 300 held-out synthetic scenes (seed 13, kept in --cache) beside the eager checkpoint's,
-  and ratios against ONNX Runtime f32 (images/s at 16 clients, batch-1 latency).
+  and ratios against ONNX Runtime f32 (images/s at 16 clients, batch-1 latency);
+* protocols: one server at 16 clients over HTTP (POST /detect) and over gRPC (v2 ModelInfer, tritonclient's
+  asyncio client), one image a request, alternating round by round: images/s and p99.
 
 All on a fixed set of real-sized JPEGs. Writes bench.json (every figure, and the run and machine that measured
 it), bench.md (tables) and PNG plots into --out. ``--only`` measures some sections and merges them into the

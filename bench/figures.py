@@ -245,6 +245,27 @@ class PrecisionsSection(BaseModel):
         return next((row for row in self.rows if row.name == name), None)
 
 
+class ProtocolRound(BaseModel):
+    http: LoadResult  # POST /detect (bench.load); status by HTTP code
+    grpc: LoadResult  # ModelInfer (bench.grpc_load); status by gRPC code name
+
+
+class ProtocolsSection(BaseModel):
+    """The same service at one client count over HTTP and over gRPC, one image a request, alternating round by round."""
+
+    run: Run
+    engine: EngineInfo | None = None  # what the service ran (/v1/models' runtime)
+    clients: int
+    requests_per_client: int
+    rounds: list[ProtocolRound] = []
+    # Medians over the rounds.
+    http_images_per_s: float | None = None
+    grpc_images_per_s: float | None = None
+    http_p99_ms: float | None = None
+    grpc_p99_ms: float | None = None
+    error: str | None = None  # why it could not be measured
+
+
 DEVICE_ORDER = ["cpu", "gpu"]
 # --only's names -> DeviceResult's fields, in the order they run and are reported.
 SECTIONS = {
@@ -252,8 +273,9 @@ SECTIONS = {
     "service-throughput": "service_throughput",
     "export-speed": "export_speed",
     "precisions": "precisions",
+    "protocols": "protocols",
 }
-Section = SystemsSection | ServiceThroughputSection | ExportSpeedSection | PrecisionsSection
+Section = SystemsSection | ServiceThroughputSection | ExportSpeedSection | PrecisionsSection | ProtocolsSection
 
 
 class DeviceResult(BaseModel):
@@ -264,6 +286,7 @@ class DeviceResult(BaseModel):
     service_throughput: ServiceThroughputSection | None = None
     export_speed: ExportSpeedSection | None = None
     precisions: PrecisionsSection | None = None
+    protocols: ProtocolsSection | None = None
 
     def sections(self) -> dict[str, Section]:
         """The measured sections by option name."""

@@ -9,6 +9,7 @@ from bench.figures import (
     ExportSpeedSection,
     Level,
     PrecisionsSection,
+    ProtocolsSection,
     Ratio,
     RawResult,
     Run,
@@ -173,7 +174,34 @@ def export_section(section: ExportSpeedSection) -> list[str]:
     return [*lines, "Goals:", "", *goals_table(section.goals), ""]
 
 
-TITLES = {"systems": "Systems", "service-throughput": "Service throughput", "export-speed": "Export speed", "precisions": "Precisions"}
+def protocols_section(section: ProtocolsSection) -> list[str]:
+    engine = engine_text(section.engine) if section.engine else "not known"
+    lines = [
+        f"One server ({engine}) at {section.clients} clients over HTTP (`POST /detect`, a connection per request) and over "
+        f"gRPC (v2 `ModelInfer` from tritonclient's asyncio client, one channel), one image a request, "
+        f"{section.requests_per_client} requests per client, the two taking turns round by round; medians over the rounds.",
+        "",
+    ]
+    if section.error:
+        lines += [f"Not measured: {section.error[:300]}", ""]
+    header = ["round", "protocol", "images/s", "p50 ms", "p99 ms", "answers by status"]
+    rows: list[list[object]] = [
+        [index, name, load.images_per_s, *p50_p99_cells(load.latency_ms), ", ".join(f"{k}: {v}" for k, v in load.status.items())]
+        for index, r in enumerate(section.rounds, 1)
+        for name, load in (("HTTP", r.http), ("gRPC", r.grpc))
+    ]
+    rows.append(["median", "HTTP", section.http_images_per_s, None, section.http_p99_ms, None])
+    rows.append(["median", "gRPC", section.grpc_images_per_s, None, section.grpc_p99_ms, None])
+    return [*lines, *table(header, rows), ""]
+
+
+TITLES = {
+    "systems": "Systems",
+    "service-throughput": "Service throughput",
+    "export-speed": "Export speed",
+    "precisions": "Precisions",
+    "protocols": "Protocols",
+}
 
 
 def device_section(device: DeviceResult, plots: dict[str, list[str]], run_numbers: dict[str, int]) -> list[str]:
@@ -188,6 +216,8 @@ def device_section(device: DeviceResult, plots: dict[str, list[str]], run_number
             lines += throughput_section(section)
         elif isinstance(section, PrecisionsSection):
             lines += precisions_section(section, plots.get(option, []))
+        elif isinstance(section, ProtocolsSection):
+            lines += protocols_section(section)
         else:
             lines += export_section(section)
     return lines

@@ -53,8 +53,8 @@ def test_quick_run_writes_the_json_the_table_and_the_plots(quick_run: tuple[subp
     done, out = quick_run
     assert done.returncode == 0, done.stderr[-3000:]
     device = cpu_sections(out)
-    runs = [device[name]["run"] for name in ("systems", "service_throughput", "export_speed", "precisions")]
-    assert runs[0] == runs[1] == runs[2] == runs[3], "one run measured every section"
+    runs = [device[name]["run"] for name in ("systems", "service_throughput", "export_speed", "precisions", "protocols")]
+    assert all(run == runs[0] for run in runs), "one run measured every section"
     assert runs[0]["quick"] is True and runs[0]["machine"]["cores"] >= 1 and runs[0]["machine"]["onnxruntime"]
     assert 0 <= runs[0]["others_cpu_share"] <= 1, "how much of the cores other work took is measured"
     table = (out / "bench.md").read_text()
@@ -66,6 +66,7 @@ def test_quick_run_writes_the_json_the_table_and_the_plots(quick_run: tuple[subp
         "### Export speed",
         "| batch | eager ms/image |",
         "### Precisions",
+        "### Protocols",
     ):
         assert needle in table, needle
     for figure in ("throughput", "p99"):
@@ -115,6 +116,21 @@ def test_quick_run_measures_the_service_against_its_batcher_and_the_graph_agains
     assert speed["eager"]["device"] == "cpu" and speed["engine"]["engine"] == "onnxruntime"
     for section in (throughput, speed):
         assert section["goals"] and all(goal["met"] is not None for goal in section["goals"])
+
+
+def test_quick_run_measures_http_and_grpc_side_by_side(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    done, out = quick_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    protocols = cpu_sections(out)["protocols"]
+    assert protocols["error"] is None, protocols["error"]
+    requests = protocols["clients"] * protocols["requests_per_client"]
+    assert protocols["clients"] == 16 and len(protocols["rounds"]) == 1
+    assert protocols["rounds"][0]["http"]["status"] == {"200": requests}
+    assert protocols["rounds"][0]["grpc"]["status"] == {"OK": requests}, "every gRPC call answered OK"
+    for name in ("http", "grpc"):
+        assert protocols[f"{name}_images_per_s"] > 0 and protocols[f"{name}_p99_ms"] > 0
+    assert protocols["engine"]["engine"] == "onnxruntime"
+    assert "| 1 | gRPC |" in (out / "bench.md").read_text()
 
 
 def test_a_section_run_alone_is_merged_into_the_report(

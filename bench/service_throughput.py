@@ -38,7 +38,7 @@ def batcher_throughput(
     """Images/s of ``clients`` concurrent submitters, each submitting ``per_client`` canvases one after another."""
 
     async def scenario() -> float:
-        batcher = DynamicBatcher(engine, policy, Metrics())
+        batcher = DynamicBatcher(engine, policy, Metrics().model("bench", "1"))
         batcher.start()
 
         async def client(index: int) -> None:

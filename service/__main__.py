@@ -67,9 +67,7 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        detector = getattr(self.app.state, "detector", None)
-        if detector is not None:
-            detector.begin_drain()
+        self.app.state.repository.begin_drain()
         super().handle_exit(sig, frame)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from service.engines.base import BatchOutput, Engine
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, QueueFull
-from service.metrics import Metrics
+from service.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def split_rows(output: BatchOutput, index: int, score_threshold: float) -> Canva
 
 
 class DynamicBatcher:
-    def __init__(self, engine: Engine, policy: BatchPolicy, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, engine: Engine, policy: BatchPolicy, metrics: ModelMetrics, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.policy = policy
         self.max_batch = min(policy.max_batch_size, engine.max_batch)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ from service.engines.choice import EngineChoice, choose_engine
 from service.errors import DeadlineExceeded, NotReady, ServiceError
 from service.letterbox import Letterbox, fit_scale, letterbox
 from service.manifest import ModelManifest, read_manifest
-from service.metrics import Metrics
+from service.metrics import ModelMetrics
 from service.options import DetectParams
 from service.render import render_image
 from service.schemas import Detection, ModelDescription, Runtime
@@ -49,9 +50,12 @@ class ImageDetections:
 
 
 class Detector:
-    """Owns the engine, the batcher and the decode threads; built and closed by the app's lifespan."""
+    """One model version: owns its engine, batcher and decode threads; built and closed by the model repository.
 
-    def __init__(self, settings: Settings, manifest: ModelManifest, engine: Engine, choice: EngineChoice, metrics: Metrics) -> None:
+    ``settings.model_dir`` is this version's package directory.
+    """
+
+    def __init__(self, settings: Settings, manifest: ModelManifest, engine: Engine, choice: EngineChoice, metrics: ModelMetrics) -> None:
         self.settings = settings
         self.manifest = manifest
         self.engine = engine
@@ -62,11 +66,12 @@ class Detector:
         self._ready = False  # false while loading and once draining
         self._serving = False  # whether /detect is served: through the drain, until close()
         self._probe: asyncio.Task[None] | None = None
-        # Read at each scrape, so that the gauge never disagrees with /health/ready.
-        metrics.ready.set_function(lambda: float(self.ready))
+        self._leases = 0  # requests that resolved this version and are not answered yet
+        self._unleased = asyncio.Event()
+        self._unleased.set()
 
     @classmethod
-    def load(cls, settings: Settings, metrics: Metrics) -> Detector:
+    def load(cls, settings: Settings, metrics: ModelMetrics) -> Detector:
         """Reads the package and builds the engine (slow: call it off the event loop)."""
         manifest = read_manifest(settings.model_dir)
         engine, choice = choose_engine(settings, manifest, build=create_engine)
@@ -82,7 +87,12 @@ class Detector:
             log.info("warm-up done", extra={"seconds": round(time.monotonic() - started, 3), "batch": self.batcher.max_batch})
         self._ready = self._serving = True
         self._probe = asyncio.create_task(self._probe_while_unhealthy(), name="recovery-probe")
-        self.metrics.model_info.labels(self.manifest.name, self.manifest.version, self.engine.describe().provider).set(1)
+
+    def publish_metrics(self) -> None:
+        """Points this version's ready gauge at this detector: called by the repository once it takes traffic, so that a
+        reload that fails leaves the gauge reading the copy still serving. Read at each scrape, never stale."""
+        self.metrics.ready.set_function(lambda: float(self.ready))
+        self.metrics.serving(self.engine.describe().provider)
 
     async def _run_blank(self, timeout_s: float) -> None:
         blank = np.full((*self.manifest.canvas, 3), 114, dtype=np.uint8)
@@ -108,8 +118,25 @@ class Detector:
         """Readiness turns false at once (the load balancer stops sending); requests already here are still served."""
         self._ready = False
 
-    async def close(self) -> None:
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Detector]:
+        """Held by a request from the moment it resolves this version until it is answered: close() waits for every
+        lease, so a request that found this version is served by it even if it is unloaded meanwhile."""
+        self._leases += 1
+        self._unleased.clear()
+        try:
+            yield self
+        finally:
+            self._leases -= 1
+            if self._leases == 0:
+                self._unleased.set()
+
+    async def close(self, grace_s: float | None = None) -> None:
+        """Stops taking traffic, waits up to ``grace_s`` (default: the shutdown grace) for the requests holding a lease,
+        answers every queued one, then stops the batcher and the decode threads."""
         self.begin_drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._unleased.wait(), self.settings.shutdown_grace_s if grace_s is None else grace_s)
         self._serving = False
         if self._probe is not None:
             self._probe.cancel()

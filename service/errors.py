@@ -59,6 +59,20 @@ class ModelNotFound(ServiceError):
     status, title, type = 404, "Model Not Found", "/problems/model-not-found"
 
 
+class LoadFailed(ServiceError):
+    """A model control request refused or failed (a bad package or policy); what was serving is untouched."""
+
+    status, title, type = 400, "Load Failed", "/problems/load-failed"
+
+
+class ControlDisabled(LoadFailed):
+    type = "/problems/model-control-disabled"
+
+
+class TooManyVersions(LoadFailed):
+    type = "/problems/too-many-versions"
+
+
 class QueueFull(ServiceError):
     status, title, type = 503, "Queue Full", "/problems/queue-full"
     headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}

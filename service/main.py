@@ -17,22 +17,21 @@ from service.api.admission import Admission, AdmissionMiddleware
 from service.api.auth import DOCS_PATHS, HEALTH_PATHS, ApiKeyMiddleware, KeyRing
 from service.api.middleware import RequestContextMiddleware
 from service.api.routes import detect, health, models, page
-from service.detector import Detector
+from service.kserve import control
 from service.kserve import endpoints as kserve
 from service.metrics import Metrics
+from service.repository import ModelRepository
 from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 
 async def _load(app: FastAPI) -> None:
-    """Loads the engine off the event loop and warms it up; /health/live answers meanwhile."""
-    settings: Settings = app.state.settings
+    """Loads the models asked for at start (engines built off the event loop) and warms them; /health/live answers meanwhile."""
+    repository: ModelRepository = app.state.repository
     try:
-        detector = await asyncio.to_thread(Detector.load, settings, app.state.metrics)
-        app.state.detector = detector
-        await detector.start()
-        log.info("ready", extra={"model": detector.manifest.name, "runtime": detector.engine.describe().model_dump(mode="json")})
+        await repository.start()
+        log.info("ready", extra={"models": [entry.model_dump() for entry in await repository.index(ready_only=True)]})
     except Exception as error:
         app.state.load_error = f"{type(error).__name__}: {error}"
         log.exception("loading the model failed")
@@ -46,12 +45,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        detector: Detector | None = getattr(app.state, "detector", None)
-        if detector is not None:
-            detector.begin_drain()
+        repository: ModelRepository = app.state.repository
+        repository.begin_drain()
         await loading
-        if getattr(app.state, "detector", None) is not None:
-            await app.state.detector.close()
+        await repository.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -59,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Faster R-CNN detection service", version="1", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = Metrics()
-    app.state.detector = None
+    app.state.repository = ModelRepository(settings, app.state.metrics)  # empty until the lifespan loads it
     app.state.load_error = None
     app.state.on_load_failure = None  # python -m service stops the server here
     problems.install(app)
@@ -82,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
-    for module in (detect, health, models, kserve, page):
+    for module in (detect, health, models, kserve, control, page):
         app.include_router(module.router)
     if settings.api_key_list:
         document_api_keys(app, protect_health=settings.protect_health)

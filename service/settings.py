@@ -24,7 +24,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     # The model
-    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="model package directory (model.onnx + model.json)")
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="model package directory (model.onnx + model.json): a repository of one")
+    model_repository: Path | None = Field(
+        None, description="a model repository, <name>/<version>/ packages (README: Model repository); model_dir is then unused"
+    )
+    load_models: str = Field("*", description="the repository's models loaded at start, comma-separated; '*': every one")
+    default_model: str | None = Field(None, description="the model a request that names none gets; default: the only one")
+    max_loaded_versions: PositiveInt = Field(4, description="model versions loaded at once at most; a load past it is refused")
+    model_control: Literal["none", "explicit"] = Field(
+        "none", description="explicit: /v2/repository/models/{name}/load and /unload (and gRPC's) change what is served; none: refused"
+    )
     engine: Literal["auto", "onnxruntime", "tensorrt", "openvino"] = Field(
         "auto", description="auto: onnxruntime, or openvino where it runs the chosen precision faster on this CPU"
     )
@@ -83,12 +92,26 @@ class Settings(BaseSettings):
             raise ValueError(str(error)) from error
         return value
 
+    @field_validator("model_repository", "default_model", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("model_repository")
+    @classmethod
+    def _is_a_directory(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory (a model repository holds <name>/<version>/ model packages)")
+        return value
+
     @field_validator("precision")
     @classmethod
     def _engine_runs_precision(cls, value: PrecisionSetting, info: ValidationInfo) -> PrecisionSetting:
         """bf16 is OpenVINO's alone; ONNX Runtime and OpenVINO need the package's graph of that precision (TensorRT looks up
         its engines at load)."""
         engine, package = info.data.get("engine"), info.data.get("model_dir")
+        if info.data.get("model_repository") is not None:
+            package = None  # each version's package is checked when it loads
         if value == "auto" or engine is None:
             return value
         if value == "bf16" and engine not in ("auto", "openvino"):
@@ -136,6 +159,12 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[bytes]:
         return [key.encode() for key in _split(self.api_keys.get_secret_value())]
+
+    @property
+    def load_model_list(self) -> list[str] | None:
+        """The models to load at start; None for every model in the repository."""
+        names = _split(self.load_models)
+        return None if "*" in names or not names else names
 
     @property
     def cors_origin_list(self) -> list[str]:

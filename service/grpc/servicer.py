@@ -22,12 +22,12 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from service.api.admission import Admission
 from service.api.auth import KeyRing, presented_key
 from service.api.routes.health import liveness_problem, readiness_problem
-from service.detector import Detector
-from service.errors import NotReady, QueueFull, ServiceError, Unauthorized
+from service.errors import ControlDisabled, QueueFull, ServiceError, TooManyVersions, Unauthorized
 from service.grpc import messages
-from service.kserve import codec, model_config
+from service.kserve import codec, control, model_config
 from service.kserve.endpoints import detect_all
 from service.metrics import Metrics
+from service.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,10 +49,13 @@ _CODES = {
 
 
 def status_of(error: ServiceError) -> grpc.StatusCode:
-    """The gRPC code of a service error: INVALID_ARGUMENT for what v2 over HTTP answers 400, a full queue is
-    RESOURCE_EXHAUSTED (retry), not ready or draining UNAVAILABLE, and the rest by its HTTP status."""
-    if isinstance(error, QueueFull):
+    """The gRPC code of a service error: INVALID_ARGUMENT for what v2 over HTTP answers 400, a full queue or the cap on
+    loaded versions RESOURCE_EXHAUSTED, model control switched off FAILED_PRECONDITION, not ready or draining
+    UNAVAILABLE, and the rest by its HTTP status."""
+    if isinstance(error, QueueFull | TooManyVersions):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(error, ControlDisabled):
+        return grpc.StatusCode.FAILED_PRECONDITION
     return _CODES.get(error.status, grpc.StatusCode.INTERNAL)
 
 
@@ -63,6 +66,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         settings = app.state.settings
         self.keys = KeyRing(settings.api_key_list, settings.protect_health) if settings.api_key_list else None
         self.admission: Admission = app.state.admission  # the HTTP requests' count: one limit for both protocols
+        self.repository: ModelRepository = app.state.repository
 
     # The RPCs
 
@@ -88,6 +92,17 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         arrived = time.monotonic()
         return await self._serve("ModelInfer", context, lambda: self._admitted(self._infer(request, arrived, context.time_remaining())))
 
+    # Triton's model repository extension (service/kserve/control.py over HTTP)
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._serve("RepositoryIndex", context, lambda: self._index(request.ready))
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._serve("RepositoryModelLoad", context, lambda: self._load(request))
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._serve("RepositoryModelUnload", context, lambda: self._unload(request))
+
     # What each answers
 
     async def _live(self) -> Any:
@@ -97,39 +112,46 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerReadyResponse(ready=readiness_problem(self.app.state) is None)
 
     async def _model_ready(self, name: str, version: str) -> Any:
-        detector: Detector | None = self.app.state.detector
-        if readiness_problem(self.app.state) is not None or detector is None:
-            return service_pb2.ModelReadyResponse(ready=False)
         try:
-            model_config.check_model(detector.manifest, name, version)
-        except ServiceError:
+            problem = liveness_problem(self.app.state) or self.repository.version_problem(name, version)
+        except ServiceError:  # a model or version the repository does not hold is not ready, as Triton answers
             return service_pb2.ModelReadyResponse(ready=False)
-        return service_pb2.ModelReadyResponse(ready=True)
+        return service_pb2.ModelReadyResponse(ready=problem is None)
 
     async def _server_metadata(self) -> Any:
         return messages.server_metadata(model_config.server_metadata(self.app.version))
 
     async def _model_metadata(self, name: str, version: str) -> Any:
-        detector = self._model(name, version)
+        detector = self.repository.resolve(name, version)
         return messages.model_metadata(model_config.model_metadata(detector.manifest, detector.engine.describe()))
 
     async def _model_config(self, name: str, version: str) -> Any:
-        detector = self._model(name, version)
+        detector = self.repository.resolve(name, version)
         return messages.model_config(model_config.model_config(detector.manifest, detector.runtime()))
 
     async def _infer(self, request: Any, arrived: float, deadline_s: float | None) -> Any:
-        detector = self._model(request.model_name, request.model_version)
-        parsed = messages.infer_request(request, detector.batcher.max_batch)
-        params = codec.detect_options(detector.manifest, parsed.parameters, arrived, deadline_s)
-        found = await detect_all(detector, parsed.images, params)
-        return messages.infer_response(detector.manifest, parsed, codec.detection_tensors(found))
+        # Leased until answered: an unload of this version drains this request before the version goes.
+        with self.repository.resolve(request.model_name, request.model_version).lease() as detector:
+            parsed = messages.infer_request(request, detector.batcher.max_batch)
+            params = codec.detect_options(detector.manifest, parsed.parameters, arrived, deadline_s)
+            found = await detect_all(detector, parsed.images, params)
+            return messages.infer_response(detector.manifest, parsed, codec.detection_tensors(found))
 
-    def _model(self, name: str, version: str) -> Detector:
-        detector: Detector | None = self.app.state.detector
-        if detector is None:
-            raise NotReady(liveness_problem(self.app.state) or "the model is still loading")
-        model_config.check_model(detector.manifest, name, version)
-        return detector
+    async def _index(self, ready_only: bool) -> Any:
+        entries = await self.repository.index(ready_only=ready_only)
+        return service_pb2.RepositoryIndexResponse(
+            models=[service_pb2.RepositoryIndexResponse.ModelIndex(**entry.model_dump()) for entry in entries]
+        )
+
+    async def _load(self, request: Any) -> Any:
+        control.check_parameters("load", request.parameters)
+        await self.repository.load(request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    async def _unload(self, request: Any) -> Any:
+        control.check_parameters("unload", request.parameters, control.UNLOAD_PARAMETERS)
+        await self.repository.unload(request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
 
     async def _admitted(self, work: Awaitable[T]) -> T:
         """Admission as over HTTP (service/api/admission.py), in the same count: refused at once past the limit."""

@@ -2,7 +2,8 @@
 
 ``messages`` holds the JSON bodies (validated, and shown in OpenAPI), ``codec``
 reads an infer request and encodes its outputs, ``model_config`` answers the
-metadata and Triton's model configuration, and ``endpoints`` holds the routes.
+metadata and Triton's model configuration, ``endpoints`` holds the routes, and
+``control`` the model repository's (index, load, unload: service/repository.py).
 
 The model speaks the protocol as one input and four outputs:
 

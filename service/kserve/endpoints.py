@@ -11,9 +11,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -23,10 +23,11 @@ from service.api.deps import DetectorDep
 from service.api.disconnect import cancel_on_disconnect
 from service.api.routes.health import liveness_problem, readiness_problem
 from service.detector import Detector, ImageDetections
-from service.errors import ModelNotFound, ServiceError
+from service.errors import ServiceError
 from service.kserve import codec, model_config
 from service.kserve.messages import InferRequestBody, InferResponseBody, ProtocolErrorBody
 from service.options import DetectParams, detect_params
+from service.repository import ModelRepository
 from service.schemas import inline_schema
 
 log = logging.getLogger(__name__)
@@ -121,18 +122,8 @@ def model_path(extra: dict[str, Any] | None = None, versioned: bool = False) -> 
     return {**extra, "parameters": [NAME, *([VERSION] if versioned else []), *extra.get("parameters", [])]}
 
 
-async def served_model(request: Request, detector: DetectorDep) -> Detector:
-    """The detector, if the path names its model ('default' too) and, when given, its version."""
-    name, version = request.path_params["name"], request.path_params.get("version")
-    manifest = detector.manifest
-    if name not in ("default", manifest.name):
-        raise ModelNotFound(f"unknown model {name!r}; this server serves {manifest.name!r} (also reachable as 'default')")
-    if version not in (None, "", manifest.version):
-        raise ModelNotFound(f"model {manifest.name!r} has no version {version!r}; it serves version {manifest.version!r}")
-    return detector
-
-
-ModelDep = Annotated[Detector, Depends(served_model)]
+# The version the path names (its highest loaded one without /versions/{version}); DetectorDep reads the path.
+ModelDep = DetectorDep
 
 
 @router.get("/v2")
@@ -160,11 +151,13 @@ async def server_ready(request: Request) -> Response:
 @router.get("/v2/models/{name}/ready", **MODEL_HEALTH, openapi_extra=model_path())
 @router.get("/v2/models/{name}/versions/{version}/ready", **MODEL_HEALTH, openapi_extra=model_path(versioned=True))
 async def model_ready(request: Request) -> Response:
-    """As /v2/health/ready for this model; 404 for another model."""
-    response = _health(readiness_problem(request.app.state))
-    if response.status_code == 200:
-        await served_model(request, request.app.state.detector)
-    return response
+    """200 when this version (without one: the model's highest loaded version) takes traffic; 400 with the reason when
+    it does not (loading, unloaded, draining, failing); 404 for a model or version the repository does not hold."""
+    repository: ModelRepository = request.app.state.repository
+    name, version = request.path_params["name"], request.path_params.get("version")
+    if problem := liveness_problem(request.app.state) or repository.version_problem(name, version):
+        return _health(problem)
+    return _health(None)
 
 
 @router.get("/v2/models/{name}", responses=MODEL_ERRORS, openapi_extra=model_path())

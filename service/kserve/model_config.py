@@ -6,21 +6,12 @@ import json
 from typing import Any
 
 from service.engines import EngineInfo
-from service.errors import ModelNotFound
 from service.kserve.codec import INPUT, OUTPUTS
 from service.manifest import ModelManifest
 from service.schemas import Runtime
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters"]
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
-
-
-def check_model(manifest: ModelManifest, name: str, version: str | None) -> None:
-    """Refuses a model name other than the served one ('default' too) and, when given, a version other than its own."""
-    if name not in ("default", manifest.name):
-        raise ModelNotFound(f"unknown model {name!r}; this server serves {manifest.name!r} (also reachable as 'default')")
-    if version not in (None, "", manifest.version):
-        raise ModelNotFound(f"model {manifest.name!r} has no version {version!r}; it serves version {manifest.version!r}")
 
 
 def server_metadata(version: str) -> dict[str, Any]:

@@ -216,7 +216,7 @@ class _StalledEngine:
 
 
 def test_health_answers_while_the_model_is_busy(client: TestClient, scene_images: list[bytes]) -> None:
-    batcher = client.app.state.detector.batcher  # type: ignore[attr-defined]
+    batcher = client.app.state.repository.resolve(None, None).batcher  # type: ignore[attr-defined]
     stalled = _StalledEngine(batcher.engine)
     batcher.engine = stalled
     worker = threading.Thread(target=lambda: client.post("/detect", content=scene_images[0], headers={"Content-Type": "image/jpeg"}))

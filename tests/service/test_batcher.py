@@ -64,7 +64,7 @@ class RecordingEngine:
 
 
 def _batcher(engine: Any, max_batch_size: int = 8, wait_ms: float = 50.0, max_queue: int = 64) -> DynamicBatcher:
-    return DynamicBatcher(engine, BatchPolicy(max_batch_size, wait_ms, max_queue), Metrics())
+    return DynamicBatcher(engine, BatchPolicy(max_batch_size, wait_ms, max_queue), Metrics().model("test", "1"))
 
 
 async def _alone(engine: OnnxRuntimeEngine, canvas: np.ndarray, score: float, iou: float) -> Any:

@@ -362,7 +362,7 @@ def test_health_and_infer_before_the_model_is_loaded(small_package: Path, scene_
 def test_a_draining_server_says_why_it_is_unready_in_both_protocols(make_client: Callable[..., TestClient]) -> None:
     client = make_client()
     assert client.get("/v2/health/ready").status_code == 200 and client.get("/health/ready").status_code == 200
-    client.app.state.detector.begin_drain()  # type: ignore[attr-defined]
+    client.app.state.repository.begin_drain()  # type: ignore[attr-defined]
     assert_unready_with_the_same_reason(client, "draining")
     assert "draining" in client.get("/v2/models/shapes/versions/7/ready").json()["error"]
 

@@ -27,6 +27,8 @@ router = APIRouter()
 class DetectQuery(BaseModel):
     """The query parameters of /detect; no other name is accepted."""
 
+    model: str | None = Field(None, description="the model to ask (default: the server's default model)")
+    version: str | None = Field(None, description="the model's version to ask (default: its highest loaded one)")
     score_threshold: Threshold | None = None
     iou_threshold: Threshold | None = None
     max_detections: MaxDetections | None = None
@@ -94,7 +96,7 @@ RENDERED_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/detect",
     response_model=DetectResponse,
-    responses={**RENDERED_RESPONSES, **problem_responses(400, 408, 413, 415, 422, 500, 503, 504)},
+    responses={**RENDERED_RESPONSES, **problem_responses(400, 404, 408, 413, 415, 422, 500, 503, 504)},
     dependencies=[Depends(strict_query)],
     openapi_extra=REQUEST_BODY,
 )
@@ -114,7 +116,7 @@ async def detect(
     media_type = negotiate(request.headers.get("accept"), query.render)
     params = detect_params(
         detector.manifest,
-        **query.model_dump(exclude={"timeout_ms", "render"}),
+        **query.model_dump(exclude={"model", "version", "timeout_ms", "render"}),
         timeout_s=query.timeout_ms / 1000 if query.timeout_ms is not None else x_request_timeout,
         arrived=request.state.arrived,
     )

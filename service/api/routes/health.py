@@ -8,8 +8,8 @@ from starlette.datastructures import State
 
 from service.api.deps import MetricsDep
 from service.api.problems import problem_responses
-from service.detector import Detector
 from service.errors import NotReady
+from service.repository import ModelRepository
 
 router = APIRouter()
 
@@ -21,11 +21,12 @@ def liveness_problem(state: State) -> str | None:
 
 
 def readiness_problem(state: State) -> str | None:
-    """Why the server should get no traffic now, or None: loading, warming up, draining, or an engine that keeps failing."""
-    detector: Detector | None = getattr(state, "detector", None)
-    if detector is None:
+    """Why the server should get no traffic now, or None: the models asked for at start loading or warming up, draining,
+    or an engine that keeps failing."""
+    repository: ModelRepository = state.repository
+    if not repository.started:
         return liveness_problem(state) or "the model is loading"
-    return None if detector.ready else detector.unready_reason()
+    return None if repository.ready else repository.unready_reason()
 
 
 @router.get("/health/live", responses=problem_responses(503))

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Path
 
 from service.api.deps import DetectorDep
 from service.api.problems import problem_responses
-from service.errors import ModelNotFound
 from service.schemas import ModelDescription
 
 router = APIRouter()
@@ -19,6 +18,5 @@ router = APIRouter()
 async def model(
     name: Annotated[str, Path(description="the model's name, or 'default'", examples=["default"])], detector: DetectorDep
 ) -> ModelDescription:
-    if name not in ("default", detector.manifest.name):
-        raise ModelNotFound(f"no model {name!r}; this server serves {detector.manifest.name!r} (also reachable as 'default')")
+    """The model's highest loaded version (DetectorDep reads the name from the path)."""
     return detector.describe()

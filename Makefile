@@ -86,10 +86,14 @@ default-model: $(STAMP)
 	$(BIN)/python -m model_export synth --out data/train --count 5000 --seed 1
 	$(BIN)/python -m model_export synth --out data/val --count 300 --seed 2
 	$(BIN)/python -m model_export synth --out data/test --count 500 --seed 3
+	$(BIN)/python -m model_export synth --out data/photo-test --count 300 --seed 21 --held-out-photos --empty-fraction 0
+	$(BIN)/python -m model_export synth --out data/photo-negatives --count 200 --seed 22 --held-out-photos --photos-only
 	$(BIN)/python -m model_export train --data data/train --val data/val --out runs/default/model.pt --epochs 11 --seed 0 --bf16
 	cp runs/default/model.pt models/default/model.pt
 	cp runs/default/model.loss.png models/default/loss.png
 	$(BIN)/python -m model_export evaluate --data data/test --checkpoint models/default/model.pt --json models/default/eval.json --plot models/default/pr.png
+	$(BIN)/python -m model_export evaluate --data data/photo-test --negatives data/photo-negatives --checkpoint models/default/model.pt \
+		--json models/default/eval-photos.json --plot models/default/pr-photos.png --grid models/default/photos.png
 	$(BIN)/python -m model_export export --checkpoint models/default/model.pt --out models/default/package --name default --version 1
 	$(BIN)/python -m model_export synth --out data/calibration --count 200 --seed 11
 	$(BIN)/python -m model_export synth --out data/int8-val --count 100 --seed 12

@@ -23,7 +23,7 @@ import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
 from bench.figures import Latency, LoadResult
-from bench.load import LoadError, read_images
+from bench.load import LoadError, add_load_options, parse_load_options
 from bench.servers import REPO
 
 MODEL = "default"  # the served model, whatever its name
@@ -84,16 +84,8 @@ def run_grpc_load_process(address: str, images_dir: Path, clients: int, per_clie
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--address", required=True, help="the server's gRPC host:port")
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=20, help="per client")
-    parser.add_argument("--images", type=Path, required=True, help="directory of .jpg files to send")
-    args = parser.parse_args()
-    if args.clients < 1 or args.requests < 1:
-        parser.error(f"--clients and --requests should be at least 1, got {args.clients} and {args.requests}")
-    try:
-        images = read_images(args.images)
-    except LoadError as error:
-        parser.error(str(error))
+    add_load_options(parser)
+    args, images = parse_load_options(parser)
     print(run_grpc_load(args.address, images, args.clients, args.requests).model_dump_json())
 
 

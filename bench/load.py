@@ -183,21 +183,31 @@ def read_images(directory: Path) -> list[bytes]:
     return [path.read_bytes() for path in paths]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, required=True, help="the server's port on 127.0.0.1")
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """The options every load generator takes: clients, requests per client, and the images to send."""
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=20, help="per client")
     parser.add_argument("--images", type=Path, required=True, help="directory of .jpg files to send")
-    parser.add_argument("--time-limit", type=float, default=math.inf, help="seconds; clients send nothing new after it")
-    parser.add_argument("--grace", type=float, default=0.0, help="seconds after the time limit; unanswered requests are then abandoned")
+
+
+def parse_load_options(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[bytes]]:
+    """The parsed command line and the images it names; a bad count or folder exits through ``parser.error``."""
     args = parser.parse_args()
     if args.clients < 1 or args.requests < 1:
         parser.error(f"--clients and --requests should be at least 1, got {args.clients} and {args.requests}")
     try:
-        images = read_images(args.images)
+        return args, read_images(args.images)
     except LoadError as error:
         parser.error(str(error))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True, help="the server's port on 127.0.0.1")
+    add_load_options(parser)
+    parser.add_argument("--time-limit", type=float, default=math.inf, help="seconds; clients send nothing new after it")
+    parser.add_argument("--grace", type=float, default=0.0, help="seconds after the time limit; unanswered requests are then abandoned")
+    args, images = parse_load_options(parser)
     print(run_load(args.port, images, args.clients, args.requests, args.time_limit, args.grace).model_dump_json())
 
 

@@ -20,7 +20,10 @@ Sections, per device (the CPU, and a GPU when there is one):
   mAP@[.5:.95] and mAP@.5 on 300 held-out synthetic scenes (seed 13, kept in --cache) beside the eager checkpoint's,
   and ratios against ONNX Runtime f32 (images/s at 16 clients, batch-1 latency);
 * protocols: one server at 16 clients over HTTP (POST /detect) and over gRPC (v2 ModelInfer, tritonclient's
-  asyncio client), one image a request, alternating round by round: images/s and p99.
+  asyncio client), one image a request, alternating round by round: images/s and p99;
+* train-step: a training iteration of the package's architecture with torchvision's RoIAlign and with the
+  embedding-bag RoIAlign that `model_export train` uses, at box batches 256 and 128, alternating step by step
+  (about a minute on 2 cores).
 
 All on a fixed set of real-sized JPEGs. Writes bench.json (every figure, and the run and machine that measured
 it), bench.md (tables) and PNG plots into --out. ``--only`` measures some sections and merges them into the

@@ -81,6 +81,16 @@ class PrecisionsPlan:
 
 
 @dataclass(frozen=True)
+class TrainStepPlan:
+    """train-step: training iterations of the package's architecture at these box batches, torchvision's RoIAlign
+    against the embedding-bag one alternating, medians over the rounds."""
+
+    batch_size: int = 8  # `model_export train`'s default
+    box_batches: tuple[int, ...] = (256, 128)
+    rounds: int = 5
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     checkpoint: Path = REPO / "models" / "default" / "model.pt"
     package: Path = REPO / "models" / "default" / "package"
@@ -97,6 +107,7 @@ class BenchConfig:
     export: ExportSpeedPlan = field(default_factory=ExportSpeedPlan)
     throughput: ThroughputPlan = field(default_factory=ThroughputPlan)
     precisions: PrecisionsPlan = field(default_factory=PrecisionsPlan)
+    train_step: TrainStepPlan = field(default_factory=TrainStepPlan)
     # The service's batching (its defaults), and the threads every system gets (0: each library's default).
     max_batch_size: int = 8
     max_batch_wait_ms: float = 5.0
@@ -127,6 +138,8 @@ class BenchConfig:
             raise BenchError(f"--requests should be at least 1, got {self.plan.requests_per_level}")
         if min(self.throughput.clients, self.throughput.requests_per_client, self.throughput.rounds, self.export.rounds) < 1:
             raise BenchError("the service-throughput clients, requests and rounds and the export-speed rounds should be at least 1")
+        if min(self.train_step.batch_size, self.train_step.rounds, *self.train_step.box_batches) < 1:
+            raise BenchError(f"the train-step section's batch size, box batches and rounds should be at least 1, got {self.train_step}")
         if min(self.precisions.rounds, self.precisions.images_per_round, self.precisions.eval_images, *self.precisions.batches) < 1:
             raise BenchError(f"the precisions section's batches, rounds and --eval-images should be at least 1, got {self.precisions}")
         if self.max_batch_size < 1 or self.threads < 0 or (self.naive_threads or 0) < 0 or self.image_count < 1:
@@ -147,6 +160,7 @@ def quick_overrides() -> dict[str, Any]:
         "export": ExportSpeedPlan(rounds=2),
         "throughput": ThroughputPlan(requests_per_client=4, rounds=1),
         "precisions": PrecisionsPlan(rounds=2, images_per_round=8, eval_images=16),
+        "train_step": TrainStepPlan(batch_size=2, box_batches=(64,), rounds=1),
         "out": REPO / "bench" / "results" / "quick",
     }
 

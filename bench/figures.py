@@ -266,6 +266,27 @@ class ProtocolsSection(BaseModel):
     error: str | None = None  # why it could not be measured
 
 
+class TrainStepRow(BaseModel):
+    box_batch: int  # RoIs sampled per image for the box head
+    torchvision_s: float  # seconds per iteration, torchvision's RoIAlign
+    bags_s: float  # seconds per iteration, model_export.roi_align_bags (what `model_export train` uses)
+    ratio: float  # bags / torchvision
+
+
+class TrainStepSection(BaseModel):
+    """A training iteration of the package's architecture, from the same weights on the same batch, with torchvision's
+    RoIAlign and with the embedding-bag one, alternating step by step."""
+
+    run: Run
+    arch: str
+    canvas: tuple[int, int]
+    batch_size: int
+    rounds: int
+    torch: dict[str, Any]  # torch's version, device and threads
+    rows: list[TrainStepRow]
+    goals: list[Goal] = []
+
+
 DEVICE_ORDER = ["cpu", "gpu"]
 # --only's names -> DeviceResult's fields, in the order they run and are reported.
 SECTIONS = {
@@ -274,8 +295,9 @@ SECTIONS = {
     "export-speed": "export_speed",
     "precisions": "precisions",
     "protocols": "protocols",
+    "train-step": "train_step",
 }
-Section = SystemsSection | ServiceThroughputSection | ExportSpeedSection | PrecisionsSection | ProtocolsSection
+Section = SystemsSection | ServiceThroughputSection | ExportSpeedSection | PrecisionsSection | ProtocolsSection | TrainStepSection
 
 
 class DeviceResult(BaseModel):
@@ -287,6 +309,7 @@ class DeviceResult(BaseModel):
     export_speed: ExportSpeedSection | None = None
     precisions: PrecisionsSection | None = None
     protocols: ProtocolsSection | None = None
+    train_step: TrainStepSection | None = None
 
     def sections(self) -> dict[str, Section]:
         """The measured sections by option name."""

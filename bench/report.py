@@ -16,6 +16,7 @@ from bench.figures import (
     ServiceThroughputSection,
     SystemResult,
     SystemsSection,
+    TrainStepSection,
 )
 from bench.precisions_report import precisions_section
 from bench.tables import engine_text, goals_table, latency_cells, level_cells, p50_p99_cells, table
@@ -195,12 +196,27 @@ def protocols_section(section: ProtocolsSection) -> list[str]:
     return [*lines, *table(header, rows), ""]
 
 
+def train_step_section(section: TrainStepSection) -> list[str]:
+    torch = section.torch
+    lines = [
+        f"A training iteration of `{section.arch}` on a {section.canvas[0]}x{section.canvas[1]} canvas, {section.batch_size} "
+        f"synthetic scenes a batch (torch {torch.get('torch')} on {torch.get('device')}, {torch.get('threads')} threads), with "
+        "torchvision's RoIAlign and with the embedding-bag RoIAlign `model_export train` uses, from the same weights on the "
+        f"same batch, alternating step by step; medians of {section.rounds} rounds.",
+        "",
+    ]
+    rows: list[list[object]] = [[r.box_batch, r.torchvision_s, r.bags_s, r.ratio] for r in section.rows]
+    lines += [*table(["box batch (RoIs per image)", "torchvision s/iteration", "bags s/iteration", "bags / torchvision"], rows), ""]
+    return [*lines, "Goals:", "", *goals_table(section.goals), ""]
+
+
 TITLES = {
     "systems": "Systems",
     "service-throughput": "Service throughput",
     "export-speed": "Export speed",
     "precisions": "Precisions",
     "protocols": "Protocols",
+    "train-step": "Training step",
 }
 
 
@@ -218,6 +234,8 @@ def device_section(device: DeviceResult, plots: dict[str, list[str]], run_number
             lines += precisions_section(section, plots.get(option, []))
         elif isinstance(section, ProtocolsSection):
             lines += protocols_section(section)
+        elif isinstance(section, TrainStepSection):
+            lines += train_step_section(section)
         else:
             lines += export_section(section)
     return lines

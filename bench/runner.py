@@ -3,7 +3,7 @@
 The sections (bench.figures.SECTIONS) run in this order: systems (servers in processes of their own),
 service-throughput (the batcher in this process against the service), export-speed (it loads torch here),
 precisions (every engine and precision: raw graphs here, then their servers, then the eager checkpoint's mAP),
-protocols (one server over HTTP and gRPC).
+protocols (one server over HTTP and gRPC), train-step (training iterations, two RoIAligns, in this process).
 Progress goes to stderr.
 """
 
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import export_speed, precisions, protocols, service_throughput, systems
+from bench import export_speed, precisions, protocols, service_throughput, systems, train_step
 from bench.config import BenchConfig, progress
 from bench.figures import BenchResult, DeviceResult, Run
 from bench.images import ImageSet, write_images
@@ -60,6 +60,8 @@ def run_device(config: BenchConfig, manifest: ModelManifest, images: ImageSet, d
         result.precisions = precisions.measure(config, manifest, images, device, this_run)
     if "protocols" in config.sections:
         result.protocols = protocols.measure(config, manifest, images, device, this_run)
+    if "train-step" in config.sections:
+        result.train_step = train_step.measure(config, manifest, images, device, this_run)
     return result
 
 

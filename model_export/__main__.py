@@ -72,6 +72,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     config_option(parser, TrainConfig, "--seed", "random seed", type=int)
     config_option(parser, TrainConfig, "--max-iters", "stop after this many iterations (smoke tests)", type=positive_int)
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=TrainConfig.augment, help="turn augmentation off")
+    config_option(
+        parser, TrainConfig, "--box-batch", "RoIs sampled per image for the box head's loss (default: the model's)", type=positive_int
+    )
     config_option(parser, TrainConfig, "--bf16", "bfloat16 autocast (faster on CPUs with AMX; weights stay float32)", action="store_true")
     parser.set_defaults(run=_run_train)
 

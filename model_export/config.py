@@ -86,6 +86,9 @@ class TrainConfig:
     augment: bool = True
     # bfloat16 autocast: weights and optimizer stay float32; on CPUs with AMX an iteration is about 1.2x faster.
     bf16: bool = False
+    # RoIs sampled per image for the box head's loss; None keeps the model's own (torchvision's 512, the compact model's
+    # 256). The box head's cost in training grows with it; evaluation and the exported graph do not depend on it.
+    box_batch: int | None = None
     max_iters: int | None = None  # stops early, for smoke tests
 
 

@@ -25,6 +25,7 @@ from model_export.checkpoint import LoadedModel, load_train_state, save_checkpoi
 from model_export.coco import CocoDataset, ImageRecord, open_image
 from model_export.command_errors import CheckpointError
 from model_export.config import TrainConfig
+from model_export.roi_align_bags import bags_roi_align
 from service.letterbox import PAD_VALUE, fit_scale
 
 Target = dict[str, torch.Tensor]
@@ -136,6 +137,8 @@ def train(
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = loaded.model
+    if config.box_batch is not None:
+        model.roi_heads.fg_bg_sampler.batch_size_per_image = config.box_batch
     loader = DataLoader(
         CanvasDataset(dataset.images, loaded.canvas, config.augment, config.min_scale),
         batch_size=config.batch_size,
@@ -168,7 +171,8 @@ def train(
         if iteration >= total_iters:
             break
         started = time.monotonic()
-        iteration = _train_epoch(model, loader, optimizer, scheduler, config, epoch, iteration, total_iters, history)
+        with bags_roi_align(model):
+            iteration = _train_epoch(model, loader, optimizer, scheduler, config, epoch, iteration, total_iters, history)
         elapsed += time.monotonic() - started
         figures = on_epoch_end(epoch, loaded) if on_epoch_end else {}
         history["epochs"].append({"epoch": epoch + 1, "iteration": iteration, "elapsed_s": round(elapsed, 1), **figures})

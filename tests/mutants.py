@@ -169,6 +169,22 @@ MUTANTS: tuple[Mutant, ...] = (
         replacement="    if recall < 0:",
         tests=("tests/service/test_engine_choice.py::test_a_candidate_that_loses_detections_is_refused_and_the_float_graph_served",),
     ),
+    Mutant(
+        name="training-pools-with-torchvision",
+        breaks="training pools the box head's RoIs with roi_align_by_bags, torchvision's numbers at a faster backward",
+        file="model_export/train.py",
+        original="        with bags_roi_align(model):",
+        replacement="        if True:",
+        tests=("tests/model_export/test_train.py::test_training_pools_with_bags_samples_box_batch_rois_and_leaves_torchvision_pooler",),
+    ),
+    Mutant(
+        name="bags-read-past-the-feature-map",
+        breaks="roi_align_by_bags reads nothing for sample points off the feature map, as torchvision's RoIAlign",
+        file="model_export/roi_align_bags.py",
+        original="inside = ((coords >= -1) & (coords <= size)).to(coords.dtype)",
+        replacement="inside = torch.ones_like(coords)",
+        tests=("tests/model_export/test_roi_align_bags.py::test_values_and_gradients_equal_torchvision",),
+    ),
 )
 
 

@@ -53,7 +53,7 @@ def test_quick_run_writes_the_json_the_table_and_the_plots(quick_run: tuple[subp
     done, out = quick_run
     assert done.returncode == 0, done.stderr[-3000:]
     device = cpu_sections(out)
-    runs = [device[name]["run"] for name in ("systems", "service_throughput", "export_speed", "precisions", "protocols")]
+    runs = [device[name]["run"] for name in ("systems", "service_throughput", "export_speed", "precisions", "protocols", "train_step")]
     assert all(run == runs[0] for run in runs), "one run measured every section"
     assert runs[0]["quick"] is True and runs[0]["machine"]["cores"] >= 1 and runs[0]["machine"]["onnxruntime"]
     assert 0 <= runs[0]["others_cpu_share"] <= 1, "how much of the cores other work took is measured"
@@ -67,6 +67,8 @@ def test_quick_run_writes_the_json_the_table_and_the_plots(quick_run: tuple[subp
         "| batch | eager ms/image |",
         "### Precisions",
         "### Protocols",
+        "### Training step",
+        "| box batch (RoIs per image) |",
     ):
         assert needle in table, needle
     for figure in ("throughput", "p99"):
@@ -131,6 +133,18 @@ def test_quick_run_measures_http_and_grpc_side_by_side(quick_run: tuple[subproce
         assert protocols[f"{name}_images_per_s"] > 0 and protocols[f"{name}_p99_ms"] > 0
     assert protocols["engine"]["engine"] == "onnxruntime"
     assert "| 1 | gRPC |" in (out / "bench.md").read_text()
+
+
+def test_quick_run_times_a_training_step_with_each_roi_align(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    done, out = quick_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    step = cpu_sections(out)["train_step"]
+    assert step["batch_size"] == 2 and step["rounds"] == 1 and step["torch"]["device"] == "cpu"
+    assert [row["box_batch"] for row in step["rows"]] == [64]
+    for row in step["rows"]:
+        assert row["torchvision_s"] > 0 and row["bags_s"] > 0
+        assert row["ratio"] == pytest.approx(row["bags_s"] / row["torchvision_s"], abs=0.01)
+    assert [goal["met"] is not None for goal in step["goals"]] == [True]
 
 
 def test_a_section_run_alone_is_merged_into_the_report(

@@ -7,12 +7,15 @@ from typing import Any
 
 import pytest
 import torch
+from torch.nn.modules.module import register_module_forward_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torchvision.ops import MultiScaleRoIAlign
 
 from model_export.__main__ import main
 from model_export.architectures import COMPACT_ARCH, build_model
 from model_export.checkpoint import CheckpointError, LoadedModel, load_checkpoint, load_train_state, save_checkpoint
 from model_export.coco import CocoDataset, load_dataset
+from model_export.roi_align_bags import BagsMultiScaleRoIAlign
 from model_export.train import CanvasDataset, TrainConfig, train
 
 CANVAS = (256, 256)
@@ -56,6 +59,30 @@ def test_loss_decreases_on_a_small_set(small_dataset: Path, tmp_path: Path, bf16
     assert last < 0.8 * first, f"loss went from {first:.3f} to {last:.3f}"
     # Autocast computes in bfloat16 but keeps the weights, and so the checkpoint, in float32.
     assert {p.dtype for p in load_checkpoint(tmp_path / "model.pt").model.parameters()} == {torch.float32}
+
+
+def test_training_pools_with_bags_samples_box_batch_rois_and_leaves_torchvision_pooler(small_dataset: Path, tmp_path: Path) -> None:
+    dataset = load_dataset(small_dataset)
+    loaded = _model(dataset, RESUME_CANVAS)
+    original = loaded.model.roi_heads.box_roi_pool
+    poolers: list[type] = []
+    head_rois: list[int] = []
+
+    def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _: object) -> None:
+        if isinstance(module, MultiScaleRoIAlign):
+            poolers.append(type(module))
+        if module is loaded.model.roi_heads.box_head:
+            head_rois.append(inputs[0].shape[0])
+
+    hook = register_module_forward_hook(record)  # a torch hook: it observes every module's call, nothing is replaced
+    try:
+        train(loaded, dataset, tmp_path / "model.pt", TrainConfig(epochs=1, batch_size=4, workers=0, max_iters=2, box_batch=16))
+    finally:
+        hook.remove()
+
+    assert poolers == [BagsMultiScaleRoIAlign] * 2, "every training step pools with roi_align_by_bags"
+    assert head_rois == [4 * 16] * 2, "the box head sees box_batch RoIs of each image"
+    assert loaded.model.roi_heads.box_roi_pool is original, "evaluation and export get torchvision's RoIAlign back"
 
 
 def _assert_same_state(got: Any, saved: Any, where: str = "optimizer") -> None:

@@ -127,9 +127,14 @@ class ModelRepository:
             raise self._not_served(name, version)
         return detector
 
+    def _served_names(self) -> list[str]:
+        return sorted(set(self._known) | {n for n, _ in self._loaded})
+
     def _model_name(self, name: str | None) -> str:
-        served = sorted(set(self._known) | {n for n, _ in self._loaded})
-        if name and (name != "default" or "default" in served):
+        if name and name != "default":
+            return name  # the common case, on every request: no look at the repository
+        served = self._served_names()
+        if name and "default" in served:
             return name
         if self.settings.default_model is not None:
             return self.settings.default_model
@@ -140,9 +145,8 @@ class ModelRepository:
     def _not_served(self, name: str, version: str | None) -> ModelNotFound:
         serving = sorted((v for n, v in self._loaded if n == name), key=version_order)
         if name not in self._known and not serving:
-            names = sorted(set(self._known) | {n for n, _ in self._loaded})
             return ModelNotFound(
-                f"unknown model {name!r}; this server serves {', '.join(map(repr, names))} (the default also as 'default')"
+                f"unknown model {name!r}; this server serves {', '.join(map(repr, self._served_names()))} (the default also as 'default')"
             )
         now = f"it serves version(s) {', '.join(serving)}" if serving else "no version of it is loaded"
         if version is None or version not in self._known.get(name, {}):
